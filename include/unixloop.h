@@ -1,0 +1,290 @@
+/*
+ * unixloop.h -- the public C API of libunixloop.
+ *
+ * libunixloop is asyncio's event loop model in C: callbacks scheduled on a
+ * loop (call_soon), timers (call_later / call_at), fd readiness watchers
+ * (add_reader / add_writer) and a thread-safe wake-up
+ * (call_soon_threadsafe).  One iteration of the loop behaves like asyncio's
+ * BaseEventLoop._run_once:
+ *
+ *   1. poll for I/O; the timeout is 0 when callbacks are ready or the loop is
+ *      stopping, else the time until the earliest timer (at most one day),
+ *      or forever when there is nothing to wait for;
+ *   2. run the I/O callbacks of the fds that are ready;
+ *   3. move every timer due before now + clock resolution to the ready queue;
+ *   4. run the callbacks that were in the ready queue when step 4 began.
+ *      Callbacks scheduled by those callbacks run in the next iteration.
+ *
+ * Conventions, valid for every function below:
+ *   - Functions return 0 (or a non-negative value) on success and a negative
+ *     errno on failure (-EINVAL, -EBADF, ...).  ul_strerror() names them.
+ *     When a function that takes a callback fails, the callback will never
+ *     be called.
+ *   - A loop belongs to the thread that runs it.  Every function must be
+ *     called from that thread (or, while the loop is not running, from any
+ *     one thread at a time), except ul_loop_call_soon_threadsafe() and
+ *     ul_loop_wakeup(), which may be called from any thread.
+ *   - Every fd the library creates is O_CLOEXEC and non-blocking.
+ */
+#ifndef UNIXLOOP_H
+#define UNIXLOOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define UL_EXTERN __attribute__((visibility("default")))
+#else
+#define UL_EXTERN
+#endif
+
+#define UL_VERSION_MAJOR 0
+#define UL_VERSION_MINOR 1
+#define UL_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------ */
+/* Types                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* The loop.  Opaque: create it with ul_loop_new(), free it with
+ * ul_loop_close(). */
+typedef struct ul_loop ul_loop;
+
+/* A timer scheduled by ul_loop_call_later() / ul_loop_call_at().  Opaque and
+ * owned by the loop: the pointer is valid until its callback has returned,
+ * or until ul_timer_cancel() has returned, whichever comes first. */
+typedef struct ul_timer ul_timer;
+
+/* I/O event bits passed to ul_io_cb. */
+enum ul_io_events {
+  UL_READABLE = 1,   /* the fd is readable, or at EOF */
+  UL_WRITABLE = 2,   /* the fd is writable */
+  UL_IO_ERROR = 4    /* the fd reported an error or hang-up (also sets the
+                        bits of the directions being watched) */
+};
+
+/* Poll backends. */
+typedef enum ul_backend {
+  UL_BACKEND_DEFAULT = 0,  /* $UNIXLOOP_BACKEND if set ("epoll" or "poll"),
+                              else epoll */
+  UL_BACKEND_EPOLL = 1,    /* Linux epoll(7) */
+  UL_BACKEND_POLL = 2      /* POSIX poll(2), portable */
+} ul_backend;
+
+/* Options for ul_loop_new().  Zero-initialise, then set what you need. */
+typedef struct ul_loop_options {
+  ul_backend backend;
+} ul_loop_options;
+
+/* ------------------------------------------------------------------------ */
+/* Callbacks                                                                */
+/* ------------------------------------------------------------------------ */
+
+/* A scheduled callback (call_soon, call_later, call_at,
+ * call_soon_threadsafe).  It is called exactly once, unless its timer is
+ * cancelled: with status 0 when it runs, or with status -ECANCELED when the
+ * loop is closed before it could run (so that `arg` can be released).  A
+ * timer callback is never called after ul_timer_cancel() returned. */
+typedef void (*ul_cb)(ul_loop *loop, void *arg, int status);
+
+/* An fd watcher callback: `events` is a mask of ul_io_events.  It is called
+ * during the I/O phase of an iteration, once per ready direction that has a
+ * callback (the reader first).  It may add or remove any watcher, including
+ * its own, and may close the fd after removing the watchers. */
+typedef void (*ul_io_cb)(ul_loop *loop, int fd, int events, void *arg);
+
+/* The loop's error handler (asyncio's call_exception_handler): receives the
+ * errors the loop cannot return to a caller, and those reported by callbacks
+ * through ul_loop_report_error().  `err` is a negative errno or 0; `message`
+ * is valid only during the call.  The default handler prints to stderr. */
+typedef void (*ul_error_cb)(ul_loop *loop, int err, const char *message,
+                            void *arg);
+
+/* Poll hooks (see ul_loop_set_poll_hooks). */
+typedef void (*ul_before_poll_cb)(ul_loop *loop, int timeout_ms, void *arg);
+typedef int (*ul_after_poll_cb)(ul_loop *loop, int poll_err, void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* Errors and version                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* Returns a static, human-readable description of a negative errno (or 0). */
+UL_EXTERN const char *ul_strerror(int err);
+
+/* Returns "MAJOR.MINOR.PATCH". */
+UL_EXTERN const char *ul_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* The loop                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Creates a loop.  `options` may be NULL.  On success stores the loop in
+ * *loop_out and returns 0; the caller owns it and frees it with
+ * ul_loop_close().
+ * Errors: -EINVAL (NULL loop_out, unknown backend or bad $UNIXLOOP_BACKEND),
+ * -ENOMEM, -EMFILE / -ENFILE (no fd for the backend or the wake-up eventfd).
+ */
+UL_EXTERN int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options);
+
+/* Closes the loop and frees it.  Callbacks still queued and timers still
+ * pending are called with status -ECANCELED (in the order they would have
+ * run), so they can release their argument; fd watchers are dropped without
+ * a call (the fds are not closed: they belong to the caller).
+ * Errors: -EINVAL (NULL), -EBUSY (the loop is running; nothing is done). */
+UL_EXTERN int ul_loop_close(ul_loop *loop);
+
+/* Runs iterations until ul_loop_stop() is called, or until a poll hook or
+ * ul_loop_break() interrupts it.  Returns 0 when stopped, or the error that
+ * interrupted it.  A stop requested before the call makes it run exactly
+ * one iteration, as asyncio's run_forever does.
+ * Errors: -EINVAL (NULL), -EBUSY (already running), the value passed to
+ * ul_loop_break(), or what an after-poll hook returned. */
+UL_EXTERN int ul_loop_run(ul_loop *loop);
+
+/* Runs one iteration (asyncio's _run_once).  `may_block` 0 polls with a
+ * zero timeout.  Returns 0, or the error that interrupted the iteration (see
+ * ul_loop_run).  Errors: -EINVAL, -EBUSY (called from inside a callback). */
+UL_EXTERN int ul_loop_run_once(ul_loop *loop, int may_block);
+
+/* Asks the loop to stop after the iteration in progress (or, when not
+ * running, after the first iteration of the next ul_loop_run).
+ * Errors: -EINVAL (NULL). */
+UL_EXTERN int ul_loop_stop(ul_loop *loop);
+
+/* Interrupts the iteration in progress right after the callback that calls
+ * it: ul_loop_run / ul_loop_run_once return `err` (which must be negative).
+ * Callbacks not yet run stay queued, in order, for the next run.  The
+ * Python binding uses it to let KeyboardInterrupt escape run_forever.
+ * Errors: -EINVAL (NULL loop, err >= 0, or the loop is not running). */
+UL_EXTERN int ul_loop_break(ul_loop *loop, int err);
+
+/* 1 if the loop is running (inside ul_loop_run / ul_loop_run_once). */
+UL_EXTERN int ul_loop_is_running(const ul_loop *loop);
+
+/* The monotonic clock, in seconds (CLOCK_MONOTONIC); the time base of
+ * ul_loop_call_at().  Not cached: every call reads the clock. */
+UL_EXTERN double ul_loop_time(const ul_loop *loop);
+
+/* The resolution of ul_loop_time(), in seconds.  Timers due within it are
+ * treated as due now. */
+UL_EXTERN double ul_loop_clock_resolution(const ul_loop *loop);
+
+/* The backend actually in use: "epoll" or "poll". */
+UL_EXTERN const char *ul_loop_backend_name(const ul_loop *loop);
+
+/* The number of callbacks in the ready queue (including ones scheduled
+ * from other threads that have not been collected yet: 0 means none). */
+UL_EXTERN size_t ul_loop_ready_count(const ul_loop *loop);
+
+/* The number of pending (not yet due, not cancelled) timers. */
+UL_EXTERN size_t ul_loop_timer_count(const ul_loop *loop);
+
+/* The deadline of the earliest pending timer, or a negative value if none. */
+UL_EXTERN double ul_loop_next_deadline(ul_loop *loop);
+
+/* Sets the error handler; NULL restores the default (print to stderr).
+ * Errors: -EINVAL (NULL loop). */
+UL_EXTERN int ul_loop_set_error_handler(ul_loop *loop, ul_error_cb cb,
+                                        void *arg);
+
+/* Passes an error to the loop's error handler.  For callbacks, which cannot
+ * return errors.  Errors: -EINVAL (NULL loop or message). */
+UL_EXTERN int ul_loop_report_error(ul_loop *loop, int err,
+                                   const char *message);
+
+/* Sets hooks that run around the poll of each iteration: `before` with the
+ * timeout about to be used (ms, -1 forever), `after` with the poll's result
+ * (0 or a negative errno; -EINTR when a signal interrupted the wait).  If
+ * `after` returns a negative value the iteration ends at once and
+ * ul_loop_run / ul_loop_run_once return it; no callbacks run in that
+ * iteration.  The Python binding releases the GIL in `before`, takes it back
+ * and checks for Python signals in `after`.  Either may be NULL.
+ * Errors: -EINVAL (NULL loop), -EBUSY (the loop is running). */
+UL_EXTERN int ul_loop_set_poll_hooks(ul_loop *loop, ul_before_poll_cb before,
+                                     ul_after_poll_cb after, void *arg);
+
+/* Sets / returns an opaque pointer for the loop's user. */
+UL_EXTERN void ul_loop_set_data(ul_loop *loop, void *data);
+UL_EXTERN void *ul_loop_get_data(const ul_loop *loop);
+
+/* ------------------------------------------------------------------------ */
+/* Callbacks and timers                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Schedules `cb(loop, arg, 0)` to run in the ready queue (FIFO).  Called
+ * from inside a callback, it runs in the next iteration.
+ * Errors: -EINVAL (NULL loop or cb), -ENOMEM, -ESHUTDOWN (the loop is
+ * being closed: called from a callback that ul_loop_close() cancels). */
+UL_EXTERN int ul_loop_call_soon(ul_loop *loop, ul_cb cb, void *arg);
+
+/* As ul_loop_call_soon(), but safe from any thread and from inside other
+ * libraries' callbacks; wakes the loop if it is waiting in poll.  The call
+ * runs in the loop's thread.
+ * Errors: -EINVAL, -ENOMEM, -ESHUTDOWN (the loop is being closed). */
+UL_EXTERN int ul_loop_call_soon_threadsafe(ul_loop *loop, ul_cb cb,
+                                           void *arg);
+
+/* Wakes the loop if it is waiting in poll; safe from any thread and from
+ * async-signal handlers.  Errors: -EINVAL. */
+UL_EXTERN int ul_loop_wakeup(ul_loop *loop);
+
+/* Schedules `cb(loop, arg, 0)` to run `delay` seconds from now.  A negative
+ * or zero delay means "in the next iteration that looks at the timers".
+ * Timers with equal deadlines run in the order they were scheduled.  On
+ * success stores the timer in *timer_out (may be NULL).
+ * Errors: -EINVAL (NULL loop or cb, NaN delay), -ENOMEM, -ESHUTDOWN. */
+UL_EXTERN int ul_loop_call_later(ul_loop *loop, double delay, ul_cb cb,
+                                 void *arg, ul_timer **timer_out);
+
+/* As ul_loop_call_later(), at an absolute ul_loop_time() deadline. */
+UL_EXTERN int ul_loop_call_at(ul_loop *loop, double when, ul_cb cb, void *arg,
+                              ul_timer **timer_out);
+
+/* Cancels a timer: its callback will not be called, not even with
+ * -ECANCELED.  Works whether the timer is still pending or already moved to
+ * the ready queue of the iteration in progress.  The pointer is invalid
+ * once this returns (the loop releases it lazily: a cancelled timer stays in
+ * the heap until it reaches the top, and the heap is compacted when more
+ * than half of it is cancelled, as asyncio does).
+ * Errors: -EINVAL (NULL). */
+UL_EXTERN int ul_timer_cancel(ul_timer *timer);
+
+/* The deadline of a timer (ul_loop_time() base). */
+UL_EXTERN double ul_timer_when(const ul_timer *timer);
+
+/* ------------------------------------------------------------------------ */
+/* fd watchers                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* Calls `cb(loop, fd, UL_READABLE..., arg)` whenever `fd` is readable, until
+ * removed.  One reader per fd: adding again replaces the callback and arg.
+ * The fd stays owned by the caller; remove the watcher before closing it.
+ * Errors: -EINVAL (NULL loop or cb), -EBADF (fd < 0 or not open),
+ * -EPERM (epoll backend: a regular file or directory, which is always
+ * ready), -ENOMEM. */
+UL_EXTERN int ul_loop_add_reader(ul_loop *loop, int fd, ul_io_cb cb,
+                                 void *arg);
+
+/* As ul_loop_add_reader(), for writability. */
+UL_EXTERN int ul_loop_add_writer(ul_loop *loop, int fd, ul_io_cb cb,
+                                 void *arg);
+
+/* Removes the reader (writer) of `fd`.  Returns 1 if there was one, 0 if
+ * not.  Safe to call for an fd that was already closed.
+ * Errors: -EINVAL (NULL loop). */
+UL_EXTERN int ul_loop_remove_reader(ul_loop *loop, int fd);
+UL_EXTERN int ul_loop_remove_writer(ul_loop *loop, int fd);
+
+/* Returns the arg of the reader (writer) of `fd`, or NULL if none. */
+UL_EXTERN void *ul_loop_get_reader(const ul_loop *loop, int fd);
+UL_EXTERN void *ul_loop_get_writer(const ul_loop *loop, int fd);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* UNIXLOOP_H */

@@ -1,0 +1,162 @@
+/*
+ * backend_poll.c -- the portable poll(2) backend.
+ *
+ * A dense pollfd array plus an fd -> slot map, so that adding and removing a
+ * watcher is O(1) (removal moves the last slot into the hole).
+ */
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct poll_state {
+  struct pollfd *fds;     /* the set handed to poll() */
+  int nfds;
+  int cap;
+  int *slot;              /* fd -> index in fds, or -1 */
+  int slot_cap;
+  struct pollfd *ready;   /* copy of the ready entries of the last wait */
+  int nready;
+} poll_state;
+
+static int poll_init(ul_loop *loop) {
+  poll_state *st = calloc(1, sizeof *st);
+  if (st == NULL)
+    return -ENOMEM;
+  loop->backend_data = st;
+  return 0;
+}
+
+static void poll_destroy(ul_loop *loop) {
+  poll_state *st = loop->backend_data;
+  if (st == NULL)
+    return;
+  free(st->fds);
+  free(st->slot);
+  free(st->ready);
+  free(st);
+  loop->backend_data = NULL;
+}
+
+/* poll() watches anything: regular files simply always report ready. */
+static int poll_check_fd(ul_loop *loop, int fd) {
+  (void)loop;
+  (void)fd;
+  return 0;
+}
+
+static int reserve(poll_state *st, int fd) {
+  if (fd >= st->slot_cap) {
+    int cap = st->slot_cap ? st->slot_cap : 64;
+    while (cap <= fd)
+      cap *= 2;
+    int *slot = realloc(st->slot, (size_t)cap * sizeof *slot);
+    if (slot == NULL)
+      return -ENOMEM;
+    for (int i = st->slot_cap; i < cap; i++)
+      slot[i] = -1;
+    st->slot = slot;
+    st->slot_cap = cap;
+  }
+  if (st->nfds == st->cap) {
+    int cap = st->cap ? st->cap * 2 : 64;
+    struct pollfd *fds = realloc(st->fds, (size_t)cap * sizeof *fds);
+    if (fds == NULL)
+      return -ENOMEM;
+    st->fds = fds;
+    struct pollfd *ready = realloc(st->ready, (size_t)cap * sizeof *ready);
+    if (ready == NULL)
+      return -ENOMEM;
+    st->ready = ready;
+    st->cap = cap;
+  }
+  return 0;
+}
+
+static void slot_remove(poll_state *st, int fd) {
+  int i = st->slot[fd];
+  int last = st->nfds - 1;
+  if (i != last) {
+    st->fds[i] = st->fds[last];
+    st->slot[st->fds[i].fd] = i;
+  }
+  st->slot[fd] = -1;
+  st->nfds--;
+}
+
+static int poll_update(ul_loop *loop, int fd, unsigned old,
+                       unsigned events) {
+  poll_state *st = loop->backend_data;
+  (void)old;
+  int has_slot = fd < st->slot_cap && st->slot[fd] >= 0;
+  if (events == 0) {
+    if (has_slot)
+      slot_remove(st, fd);
+    return 0;
+  }
+  if (!has_slot) {
+    int err = reserve(st, fd);
+    if (err)
+      return err;
+    st->slot[fd] = st->nfds;
+    st->fds[st->nfds].fd = fd;
+    st->nfds++;
+  }
+  struct pollfd *p = &st->fds[st->slot[fd]];
+  p->events = (short)(((events & UL_READABLE) ? POLLIN : 0) |
+                      ((events & UL_WRITABLE) ? POLLOUT : 0));
+  p->revents = 0;
+  return 0;
+}
+
+static int poll_wait(ul_loop *loop, int timeout_ms) {
+  poll_state *st = loop->backend_data;
+  st->nready = 0;
+  int n = poll(st->fds, (nfds_t)st->nfds, timeout_ms);
+  if (n == -1)
+    return -errno;
+  /* Copy the ready entries out: callbacks may reorder st->fds. */
+  for (int i = 0; i < st->nfds && st->nready < n; i++) {
+    if (st->fds[i].revents == 0)
+      continue;
+    if (st->fds[i].revents & POLLNVAL) {
+      /* Closed while watched: epoll forgets such an fd by itself; do the
+       * same instead of reporting it on every iteration. */
+      loop->io[st->fds[i].fd].pevents = 0;
+      slot_remove(st, st->fds[i].fd);
+      i--;
+      n--;
+      continue;
+    }
+    st->ready[st->nready++] = st->fds[i];
+  }
+  return 0;
+}
+
+static void poll_dispatch(ul_loop *loop) {
+  poll_state *st = loop->backend_data;
+  int n = st->nready;
+  st->nready = 0;
+  for (int i = 0; i < n; i++) {
+    short ev = st->ready[i].revents;
+    unsigned revents = 0;
+    if (ev & POLLIN)
+      revents |= UL_READABLE;
+    if (ev & POLLOUT)
+      revents |= UL_WRITABLE;
+    if (ev & (POLLERR | POLLHUP))
+      revents |= UL_IO_ERROR;
+    ul__io_dispatch(loop, st->ready[i].fd, revents);
+  }
+}
+
+const ul__backend ul__backend_poll = {
+  .name = "poll",
+  .init = poll_init,
+  .destroy = poll_destroy,
+  .check_fd = poll_check_fd,
+  .update = poll_update,
+  .wait = poll_wait,
+  .dispatch = poll_dispatch,
+};

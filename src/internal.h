@@ -1,0 +1,151 @@
+/*
+ * internal.h -- what the files of libunixloop share.  Not installed.
+ */
+#ifndef UL_INTERNAL_H
+#define UL_INTERNAL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "unixloop.h"
+
+/* The longest poll asyncio ever does (MAXIMUM_SELECT_TIMEOUT): one day. */
+#define UL__MAX_POLL_MS (24 * 3600 * 1000)
+
+/* ---- ready queue (ready.c) --------------------------------------------- */
+
+/* One queued callback.  `timer` is set when the callback belongs to a timer
+ * that became due: the timer may still be cancelled until it runs. */
+typedef struct ul__entry {
+  ul_cb cb;
+  void *arg;
+  ul_timer *timer;
+} ul__entry;
+
+/* A ring buffer of entries; capacity is a power of two. */
+typedef struct ul__ring {
+  ul__entry *buf;
+  size_t cap;
+  size_t head;
+  size_t len;
+} ul__ring;
+
+int ul__ring_push(ul__ring *ring, ul_cb cb, void *arg, ul_timer *timer);
+/* Removes the first entry into *out; the ring must not be empty. */
+static inline void ul__ring_pop(ul__ring *ring, ul__entry *out) {
+  *out = ring->buf[ring->head];
+  ring->head = (ring->head + 1) & (ring->cap - 1);
+  ring->len--;
+}
+void ul__ring_free(ul__ring *ring);
+
+/* ---- timers (timer.c) ---------------------------------------------------- */
+
+enum ul__timer_state {
+  UL__TIMER_PENDING,    /* in the heap */
+  UL__TIMER_READY,      /* moved to the ready queue */
+  UL__TIMER_RUNNING,    /* its callback is running */
+  UL__TIMER_CANCELLED   /* cancelled; freed when the loop next meets it */
+};
+
+struct ul_timer {
+  ul_loop *loop;
+  ul_cb cb;
+  void *arg;
+  double when;
+  int state;
+  ul_timer *next_free;
+};
+
+/* Heap entries carry their key so that sifting never touches the timers. */
+typedef struct ul__heap_entry {
+  double when;
+  uint64_t seq;
+  ul_timer *timer;
+} ul__heap_entry;
+
+typedef struct ul__heap {
+  ul__heap_entry *items;
+  size_t len;
+  size_t cap;
+  size_t cancelled;   /* cancelled timers still in `items` */
+  uint64_t next_seq;
+} ul__heap;
+
+void ul__timer_free(ul_loop *loop, ul_timer *timer);
+void ul__timers_prune(ul_loop *loop);
+void ul__timers_move_due(ul_loop *loop, double end_time);
+void ul__timers_cancel_all(ul_loop *loop);
+void ul__timers_destroy(ul_loop *loop);
+
+/* ---- fd watchers (io.c) -------------------------------------------------- */
+
+typedef struct ul__io {
+  ul_io_cb read_cb;
+  void *read_arg;
+  ul_io_cb write_cb;
+  void *write_arg;
+  unsigned events;    /* UL_READABLE | UL_WRITABLE wanted */
+  unsigned pevents;   /* what the backend has registered */
+} ul__io;
+
+void ul__io_dispatch(ul_loop *loop, int fd, unsigned revents);
+void ul__io_destroy(ul_loop *loop);
+
+/* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
+
+typedef struct ul__backend {
+  const char *name;
+  int (*init)(ul_loop *loop);
+  void (*destroy)(ul_loop *loop);
+  /* Is this fd something the backend can watch?  0 or -errno. */
+  int (*check_fd)(ul_loop *loop, int fd);
+  /* Registers `events` (0 = unregister) for fd, which had `old` before. */
+  int (*update)(ul_loop *loop, int fd, unsigned old, unsigned events);
+  /* Waits up to timeout_ms (-1 forever) and records what is ready. */
+  int (*wait)(ul_loop *loop, int timeout_ms);
+  /* Calls ul__io_dispatch() for what the last wait recorded. */
+  void (*dispatch)(ul_loop *loop);
+} ul__backend;
+
+extern const ul__backend ul__backend_epoll;
+extern const ul__backend ul__backend_poll;
+
+/* ---- the loop (loop.c) --------------------------------------------------- */
+
+struct ul_loop {
+  const ul__backend *backend;
+  void *backend_data;
+
+  ul__ring ready;
+  ul__heap timers;
+  ul_timer *timer_free_list;
+  size_t timer_free_count;
+
+  ul__io *io;          /* indexed by fd */
+  int io_cap;
+
+  /* call_soon_threadsafe: entries queued by other threads. */
+  pthread_mutex_t ts_lock;
+  ul__ring ts_queue;
+  atomic_int ts_wake_pending;
+  int wake_fd;         /* eventfd */
+
+  int running;
+  int stopping;
+  int closing;
+  int break_err;
+  double clock_resolution;
+
+  ul_error_cb error_cb;
+  void *error_arg;
+  ul_before_poll_cb before_poll;
+  ul_after_poll_cb after_poll;
+  void *poll_hook_arg;
+  void *data;
+};
+
+#endif /* UL_INTERNAL_H */

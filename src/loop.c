@@ -1,0 +1,382 @@
+/*
+ * loop.c -- the loop: create, run, stop, close, and one iteration.
+ *
+ * An iteration is asyncio's BaseEventLoop._run_once (see unixloop.h).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- clock ---------------------------------------------------------------- */
+
+double ul_loop_time(const ul_loop *loop) {
+  struct timespec ts;
+  (void)loop;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double ul_loop_clock_resolution(const ul_loop *loop) {
+  return loop ? loop->clock_resolution : 1e-9;
+}
+
+/* ---- thread-safe wake-up -------------------------------------------------- */
+
+/* The eventfd's reader: collects what other threads queued. */
+static void wake_fd_read(ul_loop *loop, int fd, int events, void *arg) {
+  uint64_t count;
+  ssize_t r;
+  (void)events;
+  (void)arg;
+  /* Reset the flag before draining, so a call_soon_threadsafe racing with
+   * us either lands in the swap below or writes the eventfd again. */
+  atomic_store(&loop->ts_wake_pending, 0);
+  do
+    r = read(fd, &count, sizeof count);
+  while (r == -1 && errno == EINTR);
+
+  pthread_mutex_lock(&loop->ts_lock);
+  ul__ring queued = loop->ts_queue;
+  memset(&loop->ts_queue, 0, sizeof loop->ts_queue);
+  pthread_mutex_unlock(&loop->ts_lock);
+
+  ul__entry e;
+  while (queued.len > 0) {
+    ul__ring_pop(&queued, &e);
+    if (ul__ring_push(&loop->ready, e.cb, e.arg, NULL) != 0) {
+      /* Out of memory: run it now rather than lose it. */
+      e.cb(loop, e.arg, 0);
+    }
+  }
+  ul__ring_free(&queued);
+}
+
+int ul_loop_wakeup(ul_loop *loop) {
+  uint64_t one = 1;
+  ssize_t r;
+  if (loop == NULL)
+    return -EINVAL;
+  do
+    r = write(loop->wake_fd, &one, sizeof one);
+  while (r == -1 && errno == EINTR);
+  /* EAGAIN: the counter is saturated, so the loop is awake anyway. */
+  return (r == -1 && errno != EAGAIN) ? -errno : 0;
+}
+
+int ul_loop_call_soon_threadsafe(ul_loop *loop, ul_cb cb, void *arg) {
+  if (loop == NULL || cb == NULL)
+    return -EINVAL;
+  pthread_mutex_lock(&loop->ts_lock);
+  int err = loop->closing ? -ESHUTDOWN
+                          : ul__ring_push(&loop->ts_queue, cb, arg, NULL);
+  pthread_mutex_unlock(&loop->ts_lock);
+  if (err)
+    return err;
+  if (atomic_exchange(&loop->ts_wake_pending, 1) == 0)
+    return ul_loop_wakeup(loop);
+  return 0;
+}
+
+/* ---- create and close ----------------------------------------------------- */
+
+static int pick_backend(const ul_loop_options *options,
+                        const ul__backend **out) {
+  ul_backend which = options ? options->backend : UL_BACKEND_DEFAULT;
+  if (which == UL_BACKEND_DEFAULT) {
+    const char *env = getenv("UNIXLOOP_BACKEND");
+    if (env == NULL || *env == '\0' || strcmp(env, "epoll") == 0)
+      which = UL_BACKEND_EPOLL;
+    else if (strcmp(env, "poll") == 0)
+      which = UL_BACKEND_POLL;
+    else
+      return -EINVAL;
+  }
+  switch (which) {
+  case UL_BACKEND_EPOLL:
+    *out = &ul__backend_epoll;
+    return 0;
+  case UL_BACKEND_POLL:
+    *out = &ul__backend_poll;
+    return 0;
+  default:
+    return -EINVAL;
+  }
+}
+
+int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options) {
+  const ul__backend *backend;
+  int err;
+
+  if (loop_out == NULL)
+    return -EINVAL;
+  *loop_out = NULL;
+  err = pick_backend(options, &backend);
+  if (err)
+    return err;
+
+  ul_loop *loop = calloc(1, sizeof *loop);
+  if (loop == NULL)
+    return -ENOMEM;
+  loop->backend = backend;
+  loop->wake_fd = -1;
+  struct timespec res;
+  loop->clock_resolution = clock_getres(CLOCK_MONOTONIC, &res) == 0
+                               ? (double)res.tv_sec + (double)res.tv_nsec * 1e-9
+                               : 1e-9;
+  atomic_init(&loop->ts_wake_pending, 0);
+
+  err = pthread_mutex_init(&loop->ts_lock, NULL);
+  if (err) {
+    err = -err;
+    goto fail_mutex;
+  }
+  err = backend->init(loop);
+  if (err)
+    goto fail_backend;
+  loop->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (loop->wake_fd == -1) {
+    err = -errno;
+    goto fail_eventfd;
+  }
+  err = ul_loop_add_reader(loop, loop->wake_fd, wake_fd_read, NULL);
+  if (err)
+    goto fail_watch;
+
+  *loop_out = loop;
+  return 0;
+
+fail_watch:
+  close(loop->wake_fd);
+fail_eventfd:
+  backend->destroy(loop);
+fail_backend:
+  pthread_mutex_destroy(&loop->ts_lock);
+fail_mutex:
+  ul__io_destroy(loop);
+  free(loop);
+  return err;
+}
+
+/* Calls every queued callback with -ECANCELED, including ones that the
+ * callbacks themselves queue from other threads meanwhile. */
+static void cancel_ready(ul_loop *loop, ul__ring *ring) {
+  ul__entry e;
+  while (ring->len > 0) {
+    ul__ring_pop(ring, &e);
+    if (e.timer != NULL) {
+      int cancelled = e.timer->state == UL__TIMER_CANCELLED;
+      e.timer->state = UL__TIMER_RUNNING;
+      if (!cancelled)
+        e.cb(loop, e.arg, -ECANCELED);
+      ul__timer_free(loop, e.timer);
+    } else {
+      e.cb(loop, e.arg, -ECANCELED);
+    }
+  }
+}
+
+int ul_loop_close(ul_loop *loop) {
+  if (loop == NULL)
+    return -EINVAL;
+  if (loop->running)
+    return -EBUSY;
+
+  pthread_mutex_lock(&loop->ts_lock);
+  loop->closing = 1;
+  pthread_mutex_unlock(&loop->ts_lock);
+
+  /* In the order they would have run: ready, then timers, then what other
+   * threads queued last. */
+  cancel_ready(loop, &loop->ready);
+  ul__timers_cancel_all(loop);
+  pthread_mutex_lock(&loop->ts_lock);
+  ul__ring queued = loop->ts_queue;
+  memset(&loop->ts_queue, 0, sizeof loop->ts_queue);
+  pthread_mutex_unlock(&loop->ts_lock);
+  cancel_ready(loop, &queued);
+  ul__ring_free(&queued);
+
+  ul_loop_remove_reader(loop, loop->wake_fd);
+  close(loop->wake_fd);
+  loop->backend->destroy(loop);
+  ul__ring_free(&loop->ready);
+  ul__timers_destroy(loop);
+  ul__io_destroy(loop);
+  pthread_mutex_destroy(&loop->ts_lock);
+  free(loop);
+  return 0;
+}
+
+/* ---- scheduling ----------------------------------------------------------- */
+
+int ul_loop_call_soon(ul_loop *loop, ul_cb cb, void *arg) {
+  if (loop == NULL || cb == NULL)
+    return -EINVAL;
+  if (loop->closing)
+    return -ESHUTDOWN;
+  return ul__ring_push(&loop->ready, cb, arg, NULL);
+}
+
+size_t ul_loop_ready_count(const ul_loop *loop) {
+  if (loop == NULL)
+    return 0;
+  ul_loop *mut = (ul_loop *)loop;
+  pthread_mutex_lock(&mut->ts_lock);
+  size_t n = loop->ready.len + loop->ts_queue.len;
+  pthread_mutex_unlock(&mut->ts_lock);
+  return n;
+}
+
+/* ---- running -------------------------------------------------------------- */
+
+static int poll_timeout_ms(ul_loop *loop, int may_block) {
+  if (!may_block || loop->ready.len > 0 || loop->stopping)
+    return 0;
+  if (loop->timers.len == 0)
+    return -1;
+  double delay = loop->timers.items[0].when - ul_loop_time(loop);
+  if (delay <= 0)
+    return 0;
+  /* Round up: waking before the deadline would only cost a second poll. */
+  double ms = ceil(delay * 1e3);
+  return ms > UL__MAX_POLL_MS ? UL__MAX_POLL_MS : (int)ms;
+}
+
+/* Runs the callbacks that were ready when it started. */
+static void run_ready(ul_loop *loop) {
+  size_t ntodo = loop->ready.len;
+  ul__entry e;
+  while (ntodo-- > 0 && loop->break_err == 0) {
+    ul__ring_pop(&loop->ready, &e);
+    if (e.timer == NULL) {
+      e.cb(loop, e.arg, 0);
+      continue;
+    }
+    if (e.timer->state != UL__TIMER_CANCELLED) {
+      e.timer->state = UL__TIMER_RUNNING;
+      e.cb(loop, e.arg, 0);
+    }
+    ul__timer_free(loop, e.timer);
+  }
+}
+
+static int run_iteration(ul_loop *loop, int may_block) {
+  ul__timers_prune(loop);
+  int timeout = poll_timeout_ms(loop, may_block);
+  if (loop->before_poll != NULL)
+    loop->before_poll(loop, timeout, loop->poll_hook_arg);
+  int err = loop->backend->wait(loop, timeout);
+  if (loop->after_poll != NULL) {
+    int r = loop->after_poll(loop, err, loop->poll_hook_arg);
+    if (r < 0)
+      return r;
+  } else if (err < 0 && err != -EINTR) {
+    ul_loop_report_error(loop, err, "polling for I/O failed");
+  }
+  loop->backend->dispatch(loop);
+  ul__timers_move_due(loop, ul_loop_time(loop) + loop->clock_resolution);
+  run_ready(loop);
+
+  err = loop->break_err;
+  loop->break_err = 0;
+  return err;
+}
+
+int ul_loop_run_once(ul_loop *loop, int may_block) {
+  if (loop == NULL)
+    return -EINVAL;
+  if (loop->running)
+    return -EBUSY;
+  loop->running = 1;
+  int err = run_iteration(loop, may_block);
+  loop->running = 0;
+  return err;
+}
+
+int ul_loop_run(ul_loop *loop) {
+  if (loop == NULL)
+    return -EINVAL;
+  if (loop->running)
+    return -EBUSY;
+  loop->running = 1;
+  int err;
+  for (;;) {
+    err = run_iteration(loop, 1);
+    if (err < 0 || loop->stopping)
+      break;
+  }
+  loop->stopping = 0;
+  loop->running = 0;
+  return err;
+}
+
+int ul_loop_stop(ul_loop *loop) {
+  if (loop == NULL)
+    return -EINVAL;
+  loop->stopping = 1;
+  return 0;
+}
+
+int ul_loop_break(ul_loop *loop, int err) {
+  if (loop == NULL || err >= 0 || !loop->running)
+    return -EINVAL;
+  loop->break_err = err;
+  return 0;
+}
+
+int ul_loop_is_running(const ul_loop *loop) {
+  return loop ? loop->running : 0;
+}
+
+const char *ul_loop_backend_name(const ul_loop *loop) {
+  return loop ? loop->backend->name : NULL;
+}
+
+/* ---- hooks, errors, user data --------------------------------------------- */
+
+int ul_loop_set_poll_hooks(ul_loop *loop, ul_before_poll_cb before,
+                           ul_after_poll_cb after, void *arg) {
+  if (loop == NULL)
+    return -EINVAL;
+  if (loop->running)
+    return -EBUSY;
+  loop->before_poll = before;
+  loop->after_poll = after;
+  loop->poll_hook_arg = arg;
+  return 0;
+}
+
+int ul_loop_set_error_handler(ul_loop *loop, ul_error_cb cb, void *arg) {
+  if (loop == NULL)
+    return -EINVAL;
+  loop->error_cb = cb;
+  loop->error_arg = cb ? arg : NULL;
+  return 0;
+}
+
+int ul_loop_report_error(ul_loop *loop, int err, const char *message) {
+  if (loop == NULL || message == NULL)
+    return -EINVAL;
+  if (loop->error_cb != NULL)
+    loop->error_cb(loop, err, message, loop->error_arg);
+  else if (err)
+    fprintf(stderr, "unixloop: %s: %s\n", message, ul_strerror(err));
+  else
+    fprintf(stderr, "unixloop: %s\n", message);
+  return 0;
+}
+
+void ul_loop_set_data(ul_loop *loop, void *data) {
+  if (loop != NULL)
+    loop->data = data;
+}
+
+void *ul_loop_get_data(const ul_loop *loop) {
+  return loop ? loop->data : NULL;
+}
