@@ -1,0 +1,81 @@
+# unixloop -- front door.  Run as root (or with sudo available) on Debian 12.
+#
+#   make demo    build everything, then race unixloop against asyncio
+#   make test    build everything, run every test, end with "N passed, N failed"
+#   make bench   build everything, then run bench/run.py
+#   make deps    install the Debian packages the build and the tests need
+#   make clean   remove build products (make distclean: the venv too)
+
+SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
+
+# Debian's interpreter: the venv must see Debian's pytest and uvloop.  The
+# first python3 on PATH may be another interpreter without them.
+SYSTEM_PYTHON ?= /usr/bin/python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_RELEASE_TYPE ?= RelWithDebInfo
+
+DEB_PACKAGES := build-essential make cmake clang pkg-config python3-dev \
+	python3-venv python3-pytest python3-uvloop python3-setuptools \
+	python3-wheel python3-pip libpython3.11-testsuite libuv1-dev \
+	libcmocka-dev
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Everything the Python extension is built from: a change rebuilds it.
+PY_INPUTS := setup.py pyproject.toml src/SOURCES \
+	$(wildcard src/*.c src/*.h include/*.h python/unixloop/*.c \
+	           python/unixloop/*.h python/unixloop/*.py)
+
+.PHONY: all deps build build-c build-asan build-py test demo bench clean distclean
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q "install ok installed" \
+	    || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(DEB_PACKAGES); \
+	fi
+
+$(PY): | deps
+	$(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+
+build: build-c build-asan build-py
+
+build-c: deps
+	@[ -f build/CMakeCache.txt ] || cmake -S . -B build -DCMAKE_BUILD_TYPE=$(CMAKE_RELEASE_TYPE)
+	cmake --build build -j $(JOBS)
+
+build-asan: deps
+	@[ -f build-asan/CMakeCache.txt ] || cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DUL_SANITIZE=ON
+	cmake --build build-asan -j $(JOBS)
+
+build-py: $(VENV)/.installed
+
+$(VENV)/.installed: $(PY_INPUTS) | $(PY)
+	$(PY) -m pip install --no-build-isolation --no-deps -q .
+	@touch $@
+
+test: build
+	@scripts/test.sh
+
+demo: build
+	$(PY) examples/demo.py
+
+bench: build
+	@if [ -f bench/run.py ]; then $(PY) bench/run.py; else echo "bench/run.py does not exist yet"; fi
+
+clean:
+	rm -rf build build-asan build-py $(VENV)/.installed
+	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

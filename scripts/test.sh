@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs every test step (after `make build`), keeps going when one fails, and
+# ends with one line "N passed, N failed".  Exit status 1 if anything failed.
+#
+# Counting: ctest and pytest contribute their own test counts; every other
+# step (examples, conformance check) counts as one test.  A step that fails
+# without reporting a failing test (crash, timeout, build error) counts as
+# one failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=.venv/bin/python
+passed=0
+failed=0
+failed_steps=()
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+# run NAME TIMEOUT CMD...: runs CMD with its output shown and kept in $log;
+# sets $rc.
+run() {
+  local name=$1 limit=$2
+  shift 2
+  echo
+  echo "=== $name"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    echo "=== $name: timed out after $limit"
+  fi
+}
+
+count() { # count NAME NPASS NFAIL
+  passed=$((passed + $2))
+  failed=$((failed + $3))
+  if [ "$3" -gt 0 ]; then failed_steps+=("$1"); fi
+}
+
+ctest_step() { # ctest_step BUILD_DIR BACKEND
+  local name="ctest $1 UNIXLOOP_BACKEND=$2" total nfail line
+  if [ ! -d "$1" ]; then count "$name (no build dir)" 0 1; return; fi
+  run "$name" 1800 env UNIXLOOP_BACKEND="$2" \
+    ctest --test-dir "$1" --output-on-failure --timeout 300 -j "$(nproc)"
+  # "100% tests passed, 0 tests failed out of 12"
+  line=$(grep -E 'tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)
+  if [ -n "$line" ]; then
+    total=$(sed -E 's/.*out of ([0-9]+).*/\1/' <<<"$line")
+    nfail=$(sed -E 's/.*, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+    if [ "$rc" != 0 ] && [ "$nfail" = 0 ]; then nfail=1; fi
+    count "$name" $((total - nfail)) "$nfail"
+  elif grep -q 'No tests were found' "$log" && [ "$rc" = 0 ]; then
+    echo "=== $name: no tests registered yet"
+  else
+    count "$name" 0 $(( rc == 0 ? 0 : 1 ))
+  fi
+}
+
+simple_step() { # simple_step NAME TIMEOUT CMD...
+  run "$@"
+  if [ "$rc" = 0 ]; then count "$1" 1 0; else count "$1" 0 1; fi
+}
+
+pytest_step() {
+  local name="pytest tests/python" line np nf ne
+  if [ ! -d tests/python ] || [ -z "$(find tests/python -name 'test_*.py' -o -name '*_test.py' | head -n 1)" ]; then
+    echo
+    echo "=== $name: no tests yet"
+    return
+  fi
+  run "$name" 3600 "$PY" -m pytest -q tests/python
+  if [ "$rc" = 5 ]; then           # tests exist but none was collected
+    count "$name (no tests collected)" 0 1
+    return
+  fi
+  # "3 passed, 1 failed, 2 errors in 0.52s"
+  line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped|xfailed|xpassed|deselected)' "$log" | tail -n 1)
+  np=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '[0-9]+' || true)
+  nf=$(grep -oE '[0-9]+ failed' <<<"$line" | grep -oE '[0-9]+' || true)
+  ne=$(grep -oE '[0-9]+ errors?' <<<"$line" | grep -oE '[0-9]+' || true)
+  np=${np:-0}
+  nf=$(( ${nf:-0} + ${ne:-0} ))
+  if [ "$rc" != 0 ] && [ "$nf" = 0 ]; then nf=1; fi
+  count "$name" "$np" "$nf"
+}
+
+for backend in epoll poll; do
+  ctest_step build "$backend"
+  ctest_step build-asan "$backend"
+done
+
+simple_step "example build/examples/hello" 60 build/examples/hello
+simple_step "example build-asan/examples/hello" 60 build-asan/examples/hello
+simple_step "example examples/hello.py" 60 "$PY" examples/hello.py
+
+pytest_step
+
+if [ -f tests/conformance/run.py ]; then
+  simple_step "conformance check" 7200 "$PY" tests/conformance/run.py --check
+fi
+
+echo
+if [ "${#failed_steps[@]}" -gt 0 ]; then
+  echo "failed steps:"
+  printf '  %s\n' "${failed_steps[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
