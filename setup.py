@@ -26,6 +26,8 @@ def library_sources():
 
 
 binding_sources = sorted(glob.glob(os.path.join("python", "unixloop", "_core*.c")))
+if not binding_sources:
+    raise SystemExit("no python/unixloop/_core*.c: the binding sources are missing")
 headers = sorted(
     glob.glob(os.path.join("include", "*.h"))
     + glob.glob(os.path.join("src", "*.h"))

@@ -13,6 +13,7 @@ RUNS = 5
 
 try:
     import unixloop
+    unixloop.run  # an empty or half-built package imports but has no run()
 except Exception as exc:  # ImportError, or the extension failed to load
     print(f"demo: cannot import unixloop: {exc!r}", file=sys.stderr)
     sys.exit(1)

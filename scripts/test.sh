@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test step (after `make build`), keeps going when one fails, and
-# ends with one line "N passed, N failed".  Exit status 1 if anything failed.
+# Builds (make build-c, build-asan, build-py), runs every test step, keeps
+# going when one fails, and ends with one line "N passed, N failed".  Exit
+# status 1 if anything failed.
 #
 # Counting: ctest and pytest contribute their own test counts; every other
-# step (examples, conformance check) counts as one test.  A step that fails
+# step (each build, each example, the conformance check) counts as one test.
+# Tests that need a build that failed are skipped (the build counts as failed).  A step that fails
 # without reporting a failing test (crash, timeout, build error) counts as
 # one failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PY=.venv/bin/python
+MAKE=${MAKE:-make}
 passed=0
 failed=0
 failed_steps=()
@@ -83,19 +86,31 @@ pytest_step() {
   count "$name" "$np" "$nf"
 }
 
+simple_step "build C (build/)" 1800 "$MAKE" --no-print-directory build-c
+ok_c=$rc
+simple_step "build C with ASan/UBSan (build-asan/)" 1800 "$MAKE" --no-print-directory build-asan
+ok_asan=$rc
+simple_step "build Python package (.venv)" 1800 "$MAKE" --no-print-directory build-py
+ok_py=$rc
+
 for backend in epoll poll; do
-  ctest_step build "$backend"
-  ctest_step build-asan "$backend"
+  if [ "$ok_c" = 0 ]; then ctest_step build "$backend"; fi
+  if [ "$ok_asan" = 0 ]; then ctest_step build-asan "$backend"; fi
 done
 
-simple_step "example build/examples/hello" 60 build/examples/hello
-simple_step "example build-asan/examples/hello" 60 build-asan/examples/hello
-simple_step "example examples/hello.py" 60 "$PY" examples/hello.py
+if [ "$ok_c" = 0 ]; then
+  simple_step "example build/examples/hello" 60 build/examples/hello
+fi
+if [ "$ok_asan" = 0 ]; then
+  simple_step "example build-asan/examples/hello" 60 build-asan/examples/hello
+fi
 
-pytest_step
-
-if [ -f tests/conformance/run.py ]; then
-  simple_step "conformance check" 7200 "$PY" tests/conformance/run.py --check
+if [ "$ok_py" = 0 ]; then
+  simple_step "example examples/hello.py" 60 "$PY" examples/hello.py
+  pytest_step
+  if [ -f tests/conformance/run.py ]; then
+    simple_step "conformance check" 7200 "$PY" tests/conformance/run.py --check
+  fi
 fi
 
 echo
