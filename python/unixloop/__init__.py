@@ -1,0 +1,98 @@
+"""unixloop: asyncio's Unix event loop, written in C.
+
+Use it as asyncio's loop with no other change to a program::
+
+    import unixloop
+    unixloop.run(main())            # like asyncio.run(main())
+
+or::
+
+    unixloop.install()              # every new asyncio loop is a unixloop
+    loop = unixloop.new_event_loop()
+
+The C core (unixloop._core) runs callbacks, timers and fd watchers.  What it
+does not do yet comes from asyncio's own Unix selector loop, which unixloop.Loop
+also derives from (transports, servers, pipes, subprocesses, signals), running
+on top of the C core.
+"""
+import asyncio
+import sys
+import threading
+import weakref
+from asyncio import base_events, events, unix_events
+
+from . import _core
+
+__all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run')
+__version__ = _core.libunixloop_version
+
+
+class Loop(_core.Loop, unix_events.SelectorEventLoop):
+    """An asyncio event loop whose core is libunixloop."""
+
+    def __init__(self):
+        # The selector loop's own __init__ would create a selector: the C
+        # core replaces it.  The rest of its state is kept as asyncio has it.
+        base_events.BaseEventLoop.__init__(self)
+        self._selector = None
+        self._transports = weakref.WeakValueDictionary()
+        self._signal_handlers = {}
+        self._make_self_pipe()
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self._debug)
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook)
+            events._set_running_loop(self)
+            self._run()
+        finally:
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def _add_callback(self, handle):
+        # asyncio's signal path hands us its own Handle objects.
+        if not handle._cancelled:
+            self.call_soon(handle._run)
+
+    def _process_events(self, event_list):
+        # The C core dispatches fd events itself.
+        raise NotImplementedError
+
+    def close(self):
+        super().close()
+        self._close_core()
+
+    def __repr__(self):
+        return (f'<{type(self).__name__} running={self.is_running()} '
+                f'closed={self.is_closed()} debug={self.get_debug()}>')
+
+
+def new_event_loop():
+    """Return a new unixloop event loop."""
+    return Loop()
+
+
+class EventLoopPolicy(unix_events.DefaultEventLoopPolicy):
+    """asyncio's Unix event loop policy, making unixloop loops."""
+
+    _loop_factory = Loop
+
+
+def install():
+    """Make unixloop the loop of asyncio.run() and asyncio.new_event_loop()."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main, *, debug=None):
+    """Run a coroutine on a new unixloop loop, as asyncio.run() does."""
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)

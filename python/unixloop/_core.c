@@ -1,0 +1,1223 @@
+/*
+ * _core.c -- the CPython binding of libunixloop: unixloop._core.
+ *
+ * Types:
+ *   Handle       a callback scheduled on the loop (asyncio.Handle's API)
+ *   TimerHandle  a Handle with a deadline (asyncio.TimerHandle's API)
+ *   Loop         the base type of unixloop.Loop: the hot half of an asyncio
+ *                event loop (scheduling, timers, fd watchers, running).
+ *
+ * The Python class unixloop.Loop puts this type first in its bases and
+ * asyncio's Unix selector loop after it, so everything not defined here
+ * (futures, tasks, executors, exception handler, sockets, transports,
+ * signals, subprocesses) comes from asyncio and runs on this core.
+ *
+ * Reference ownership between C and Python:
+ *   - a Handle in the ready queue or a pending TimerHandle holds one
+ *     reference, owned by the libunixloop entry; it is released when the
+ *     callback runs, when the timer is cancelled, or when the loop closes
+ *     (libunixloop then calls the callback with -ECANCELED);
+ *   - a reader / writer Handle is owned by the Loop's `readers` / `writers`
+ *     dict; libunixloop holds a borrowed pointer.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+
+#include "unixloop.h"
+
+/* ---- module state --------------------------------------------------------- */
+
+typedef struct {
+  PyTypeObject *HandleType;
+  PyTypeObject *TimerHandleType;
+  PyTypeObject *LoopType;
+  PyObject *helpers;          /* unixloop._helpers, imported lazily */
+  PyObject *str_call_exception_handler;
+  PyObject *str_check_thread;
+  PyObject *str_check_callback;
+} core_state;
+
+static struct PyModuleDef core_module;
+
+static core_state *state_of_type(PyTypeObject *tp) {
+  PyObject *mod = PyType_GetModuleByDef(tp, &core_module);
+  return mod ? (core_state *)PyModule_GetState(mod) : NULL;
+}
+
+/* Returns a borrowed attribute of unixloop._helpers (the cold paths written
+ * in Python: formatting, debug stacks, logging). */
+static PyObject *helper(core_state *st, const char *name) {
+  if (st->helpers == NULL) {
+    st->helpers = PyImport_ImportModule("unixloop._helpers");
+    if (st->helpers == NULL)
+      return NULL;
+  }
+  PyObject *f = PyObject_GetAttrString(st->helpers, name);
+  if (f != NULL)
+    Py_DECREF(f); /* the module keeps it alive */
+  return f;
+}
+
+static PyObject *raise_errno(int err) {
+  errno = -err;
+  return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* ---- objects ---------------------------------------------------------------- */
+
+typedef struct LoopObj LoopObj;
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *callback;
+  PyObject *args;          /* tuple, or NULL while the args are inline */
+  PyObject *inline_args[2];
+  PyObject *const *argv;   /* points into inline_args or args */
+  Py_ssize_t nargs;
+  PyObject *context;
+  LoopObj *loop;
+  PyObject *source_traceback;
+  PyObject *repr;
+  PyObject *weakreflist;
+  char cancelled;
+  char is_timer;
+  double when;
+  ul_timer *timer;         /* pending TimerHandle: its libunixloop timer */
+} HandleObj;
+
+struct LoopObj {
+  PyObject_HEAD
+  ul_loop *ul;
+  core_state *st;
+  PyObject *readers;       /* {fd: Handle} */
+  PyObject *writers;
+  PyObject *weakreflist;
+  PyThreadState *released; /* set while polling without the GIL */
+  int closed;
+  int debug;
+  int stopping;
+  int failed;              /* a callback raised SystemExit/KeyboardInterrupt */
+  double slow_callback_duration;
+};
+
+/* ---- Handle ---------------------------------------------------------------- */
+
+static HandleObj *handle_new(LoopObj *loop, PyTypeObject *tp,
+                             PyObject *callback, PyObject *const *args,
+                             Py_ssize_t nargs, PyObject *context) {
+  HandleObj *h = PyObject_GC_New(HandleObj, tp);
+  if (h == NULL)
+    return NULL;
+  h->callback = Py_NewRef(callback);
+  h->args = NULL;
+  h->inline_args[0] = h->inline_args[1] = NULL;
+  h->nargs = nargs;
+  if (nargs <= 2) {
+    for (Py_ssize_t i = 0; i < nargs; i++)
+      h->inline_args[i] = Py_NewRef(args[i]);
+    h->argv = h->inline_args;
+  } else {
+    h->args = PyTuple_New(nargs);
+    if (h->args == NULL) {
+      h->nargs = 0;
+      h->context = NULL;
+      h->loop = NULL;
+      h->source_traceback = h->repr = h->weakreflist = NULL;
+      h->timer = NULL;
+      Py_DECREF(h);
+      return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+      PyTuple_SET_ITEM(h->args, i, Py_NewRef(args[i]));
+    h->argv = &PyTuple_GET_ITEM(h->args, 0);
+  }
+  if (context == NULL || context == Py_None)
+    h->context = PyContext_CopyCurrent();
+  else
+    h->context = Py_NewRef(context);
+  h->loop = (LoopObj *)Py_NewRef((PyObject *)loop);
+  h->source_traceback = NULL;
+  h->repr = NULL;
+  h->weakreflist = NULL;
+  h->cancelled = 0;
+  h->is_timer = 0;
+  h->when = 0.0;
+  h->timer = NULL;
+  PyObject_GC_Track(h);
+  if (h->context == NULL) {
+    Py_DECREF(h);
+    return NULL;
+  }
+  return h;
+}
+
+/* Drops the callback and its arguments (asyncio does it on cancel, which
+ * frees whatever they hold at once). */
+static void handle_clear_callback(HandleObj *h) {
+  Py_CLEAR(h->callback);
+  Py_CLEAR(h->inline_args[0]);
+  Py_CLEAR(h->inline_args[1]);
+  Py_CLEAR(h->args);
+  h->argv = h->inline_args;
+  h->nargs = 0;
+}
+
+static int Handle_traverse(HandleObj *h, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(h));
+  Py_VISIT(h->callback);
+  Py_VISIT(h->args);
+  Py_VISIT(h->inline_args[0]);
+  Py_VISIT(h->inline_args[1]);
+  Py_VISIT(h->context);
+  Py_VISIT(h->loop);
+  Py_VISIT(h->source_traceback);
+  Py_VISIT(h->repr);
+  return 0;
+}
+
+static int Handle_clear(HandleObj *h) {
+  handle_clear_callback(h);
+  Py_CLEAR(h->context);
+  Py_CLEAR(h->loop);
+  Py_CLEAR(h->source_traceback);
+  Py_CLEAR(h->repr);
+  return 0;
+}
+
+static void Handle_dealloc(HandleObj *h) {
+  PyTypeObject *tp = Py_TYPE(h);
+  PyObject_GC_UnTrack(h);
+  if (h->weakreflist != NULL)
+    PyObject_ClearWeakRefs((PyObject *)h);
+  (void)Handle_clear(h);
+  tp->tp_free(h);
+  Py_DECREF(tp);
+}
+
+/* Reports an exception raised by a callback the way asyncio's Handle._run
+ * does: through loop.call_exception_handler(). */
+static void handle_report_exception(HandleObj *h) {
+  PyObject *exc_type, *exc, *tb;
+  PyErr_Fetch(&exc_type, &exc, &tb);
+  PyErr_NormalizeException(&exc_type, &exc, &tb);
+  if (tb != NULL && exc != NULL)
+    PyException_SetTraceback(exc, tb);
+  Py_XDECREF(exc_type);
+  Py_XDECREF(tb);
+
+  core_state *st = h->loop->st;
+  PyObject *fmt = helper(st, "format_callback_failure");
+  PyObject *context = NULL;
+  if (fmt != NULL) {
+    PyObject *args = h->args;
+    if (args == NULL)
+      args = PyTuple_Pack(h->nargs, h->inline_args[0], h->inline_args[1]);
+    else
+      Py_INCREF(args);
+    if (args != NULL) {
+      context = PyObject_CallFunctionObjArgs(
+          fmt, h->callback ? h->callback : Py_None, args,
+          exc ? exc : Py_None, (PyObject *)h, NULL);
+      Py_DECREF(args);
+    }
+  }
+  Py_XDECREF(exc);
+  if (context == NULL)
+    return; /* the error of the formatting propagates */
+  PyObject *r = PyObject_CallMethodOneArg(
+      (PyObject *)h->loop, st->str_call_exception_handler, context);
+  Py_DECREF(context);
+  Py_XDECREF(r);
+}
+
+static int is_fatal_exception(void) {
+  return PyErr_ExceptionMatches(PyExc_SystemExit) ||
+         PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+}
+
+/* Runs the callback in its context.  Returns 0, or -1 with SystemExit or
+ * KeyboardInterrupt set (they escape the loop, as in asyncio). */
+static int handle_run(HandleObj *h) {
+  PyObject *res = NULL;
+  if (h->callback == NULL)
+    return 0;
+  Py_INCREF(h);
+  if (PyContext_Enter(h->context) == 0) {
+    res = PyObject_Vectorcall(h->callback, h->argv, (size_t)h->nargs, NULL);
+    if (PyContext_Exit(h->context) < 0)
+      Py_CLEAR(res);
+  }
+  int rc = 0;
+  if (res != NULL) {
+    Py_DECREF(res);
+  } else if (is_fatal_exception()) {
+    rc = -1;
+  } else {
+    handle_report_exception(h);
+    if (PyErr_Occurred()) {
+      if (is_fatal_exception())
+        rc = -1;
+      else
+        PyErr_WriteUnraisable((PyObject *)h);
+    }
+  }
+  Py_DECREF(h);
+  return rc;
+}
+
+/* Debug mode: time the callback and warn when it is slow, as asyncio. */
+static int handle_run_debug(HandleObj *h) {
+  LoopObj *loop = h->loop;
+  Py_INCREF(loop);
+  if (PyObject_SetAttrString((PyObject *)loop, "_current_handle",
+                             (PyObject *)h) < 0)
+    PyErr_Clear();
+  double t0 = ul_loop_time(loop->ul);
+  int rc = handle_run(h);
+  double dt = ul_loop_time(loop->ul) - t0;
+  PyObject *exc_type, *exc, *tb;
+  PyErr_Fetch(&exc_type, &exc, &tb);
+  if (PyObject_SetAttrString((PyObject *)loop, "_current_handle", Py_None) <
+      0)
+    PyErr_Clear();
+  if (dt >= loop->slow_callback_duration) {
+    PyObject *warn = helper(loop->st, "warn_slow_callback");
+    PyObject *r = warn ? PyObject_CallFunction(warn, "Od", (PyObject *)h, dt)
+                       : NULL;
+    if (r == NULL)
+      PyErr_WriteUnraisable((PyObject *)h);
+    Py_XDECREF(r);
+  }
+  PyErr_Restore(exc_type, exc, tb);
+  Py_DECREF(loop);
+  return rc;
+}
+
+/* The libunixloop callback of every queued Handle.  Owns one reference. */
+static void handle_ready_cb(ul_loop *ul, void *arg, int status) {
+  HandleObj *h = arg;
+  LoopObj *loop = h->loop;
+  if (h->is_timer)
+    h->timer = NULL;
+  if (status == 0 && !h->cancelled && loop != NULL) {
+    int rc = loop->debug ? handle_run_debug(h) : handle_run(h);
+    if (rc < 0) {
+      loop->failed = 1;
+      ul_loop_break(ul, -EINTR);
+    }
+  }
+  Py_DECREF(h);
+}
+
+static PyObject *Handle_cancel(HandleObj *h, PyObject *Py_UNUSED(ignored)) {
+  if (h->cancelled)
+    Py_RETURN_NONE;
+  h->cancelled = 1;
+  if (h->loop != NULL && h->loop->debug && h->repr == NULL) {
+    /* Keep a description of what was cancelled, as asyncio does. */
+    h->repr = PyObject_Repr((PyObject *)h);
+    if (h->repr == NULL)
+      return NULL;
+  }
+  handle_clear_callback(h);
+  if (h->timer != NULL) {
+    ul_timer_cancel(h->timer);
+    h->timer = NULL;
+    Py_DECREF(h); /* the reference the timer held */
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *Handle_cancelled(HandleObj *h, PyObject *Py_UNUSED(ignored)) {
+  return PyBool_FromLong(h->cancelled);
+}
+
+static PyObject *Handle_run_method(HandleObj *h,
+                                   PyObject *Py_UNUSED(ignored)) {
+  if (!h->cancelled && handle_run(h) < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+static PyObject *Handle_get_context(HandleObj *h,
+                                    PyObject *Py_UNUSED(ignored)) {
+  return Py_NewRef(h->context ? h->context : Py_None);
+}
+
+static PyObject *Handle_when(HandleObj *h, PyObject *Py_UNUSED(ignored)) {
+  return PyFloat_FromDouble(h->when);
+}
+
+static PyObject *Handle_get_args(HandleObj *h, void *closure) {
+  (void)closure;
+  if (h->callback == NULL)
+    Py_RETURN_NONE;
+  if (h->args == NULL) {
+    PyObject *t = PyTuple_New(h->nargs);
+    if (t == NULL)
+      return NULL;
+    for (Py_ssize_t i = 0; i < h->nargs; i++)
+      PyTuple_SET_ITEM(t, i, Py_NewRef(h->inline_args[i]));
+    return t;
+  }
+  return Py_NewRef(h->args);
+}
+
+static PyObject *Handle_get_callback(HandleObj *h, void *closure) {
+  (void)closure;
+  return Py_NewRef(h->callback ? h->callback : Py_None);
+}
+
+static PyObject *Handle_get_loop(HandleObj *h, void *closure) {
+  (void)closure;
+  return Py_NewRef(h->loop ? (PyObject *)h->loop : Py_None);
+}
+
+static PyObject *Handle_get_source_traceback(HandleObj *h, void *closure) {
+  (void)closure;
+  return Py_NewRef(h->source_traceback ? h->source_traceback : Py_None);
+}
+
+static PyObject *Handle_get_when(HandleObj *h, void *closure) {
+  (void)closure;
+  return PyFloat_FromDouble(h->when);
+}
+
+static PyObject *Handle_repr(HandleObj *h) {
+  if (h->repr != NULL)
+    return Py_NewRef(h->repr);
+  core_state *st = state_of_type(Py_TYPE(h));
+  PyObject *f = st ? helper(st, "handle_repr") : NULL;
+  return f ? PyObject_CallOneArg(f, (PyObject *)h) : NULL;
+}
+
+/* TimerHandles compare by deadline, as asyncio's. */
+static PyObject *TimerHandle_richcompare(PyObject *a, PyObject *b, int op) {
+  core_state *st = state_of_type(Py_TYPE(a));
+  if (st == NULL || !PyObject_TypeCheck(b, st->TimerHandleType))
+    Py_RETURN_NOTIMPLEMENTED;
+  HandleObj *x = (HandleObj *)a, *y = (HandleObj *)b;
+  if (op == Py_EQ || op == Py_NE) {
+    int eq = x == y || (x->when == y->when && x->cancelled == y->cancelled &&
+                        x->callback == y->callback && x->nargs == y->nargs);
+    for (Py_ssize_t i = 0; eq && x != y && i < x->nargs; i++) {
+      int r = PyObject_RichCompareBool(x->argv[i], y->argv[i], Py_EQ);
+      if (r < 0)
+        return NULL;
+      eq = r;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+  }
+  Py_RETURN_RICHCOMPARE(x->when, y->when, op);
+}
+
+static Py_hash_t TimerHandle_hash(HandleObj *h) {
+  PyObject *when = PyFloat_FromDouble(h->when);
+  if (when == NULL)
+    return -1;
+  Py_hash_t hash = PyObject_Hash(when);
+  Py_DECREF(when);
+  return hash;
+}
+
+static PyMethodDef Handle_methods[] = {
+    {"cancel", (PyCFunction)Handle_cancel, METH_NOARGS, NULL},
+    {"cancelled", (PyCFunction)Handle_cancelled, METH_NOARGS, NULL},
+    {"get_context", (PyCFunction)Handle_get_context, METH_NOARGS, NULL},
+    {"_run", (PyCFunction)Handle_run_method, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyMethodDef TimerHandle_methods[] = {
+    {"when", (PyCFunction)Handle_when, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Handle_getset[] = {
+    {"_callback", (getter)Handle_get_callback, NULL, NULL, NULL},
+    {"_args", (getter)Handle_get_args, NULL, NULL, NULL},
+    {"_loop", (getter)Handle_get_loop, NULL, NULL, NULL},
+    {"_source_traceback", (getter)Handle_get_source_traceback, NULL, NULL,
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyGetSetDef TimerHandle_getset[] = {
+    {"_when", (getter)Handle_get_when, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyMemberDef Handle_members[] = {
+    {"_cancelled", T_BOOL, offsetof(HandleObj, cancelled), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(HandleObj, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyType_Slot Handle_slots[] = {
+    {Py_tp_dealloc, Handle_dealloc},
+    {Py_tp_traverse, Handle_traverse},
+    {Py_tp_clear, Handle_clear},
+    {Py_tp_repr, Handle_repr},
+    {Py_tp_methods, Handle_methods},
+    {Py_tp_getset, Handle_getset},
+    {Py_tp_members, Handle_members},
+    {0, NULL}};
+
+static PyType_Spec Handle_spec = {
+    .name = "unixloop._core.Handle",
+    .basicsize = sizeof(HandleObj),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = Handle_slots};
+
+static PyType_Slot TimerHandle_slots[] = {
+    {Py_tp_dealloc, Handle_dealloc},
+    {Py_tp_traverse, Handle_traverse},
+    {Py_tp_clear, Handle_clear},
+    {Py_tp_methods, TimerHandle_methods},
+    {Py_tp_getset, TimerHandle_getset},
+    {Py_tp_richcompare, TimerHandle_richcompare},
+    {Py_tp_hash, TimerHandle_hash},
+    {0, NULL}};
+
+static PyType_Spec TimerHandle_spec = {
+    .name = "unixloop._core.TimerHandle",
+    .basicsize = sizeof(HandleObj),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = TimerHandle_slots};
+
+/* ---- Loop: helpers ---------------------------------------------------------- */
+
+static int check_closed(LoopObj *self) {
+  if (self->closed || self->ul == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return -1;
+  }
+  return 0;
+}
+
+/* Debug-mode checks of asyncio's call_soon / call_at, done in Python. */
+static int debug_checks(LoopObj *self, PyObject *callback, const char *method,
+                        int check_thread) {
+  PyObject *r;
+  if (check_thread) {
+    r = PyObject_CallMethodNoArgs((PyObject *)self, self->st->str_check_thread);
+    if (r == NULL)
+      return -1;
+    Py_DECREF(r);
+  }
+  PyObject *name = PyUnicode_FromString(method);
+  if (name == NULL)
+    return -1;
+  PyObject *args[3] = {(PyObject *)self, callback, name};
+  r = PyObject_VectorcallMethod(self->st->str_check_callback, args, 3, NULL);
+  Py_DECREF(name);
+  if (r == NULL)
+    return -1;
+  Py_DECREF(r);
+  return 0;
+}
+
+static int debug_source_traceback(LoopObj *self, HandleObj *h) {
+  PyObject *f = helper(self->st, "extract_stack");
+  if (f == NULL)
+    return -1;
+  h->source_traceback = PyObject_CallNoArgs(f);
+  return h->source_traceback ? 0 : -1;
+}
+
+/* Parses (callback, *args, context=None) from a fastcall. */
+static int parse_callback_args(PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames, Py_ssize_t skip,
+                               const char *method, PyObject **context) {
+  *context = NULL;
+  if (nargs < skip + 1) {
+    PyErr_Format(PyExc_TypeError, "%s() missing required argument", method);
+    return -1;
+  }
+  if (kwnames != NULL) {
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+      PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+      if (!PyUnicode_Check(key) ||
+          PyUnicode_CompareWithASCIIString(key, "context") != 0) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s() got an unexpected keyword argument '%S'", method,
+                     key);
+        return -1;
+      }
+      *context = args[nargs + i];
+    }
+  }
+  return 0;
+}
+
+static HandleObj *schedule_soon(LoopObj *self, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames,
+                                const char *method, int threadsafe) {
+  PyObject *context;
+  if (parse_callback_args(args, nargs, kwnames, 0, method, &context) < 0)
+    return NULL;
+  if (check_closed(self) < 0)
+    return NULL;
+  if (self->debug && debug_checks(self, args[0], method, !threadsafe) < 0)
+    return NULL;
+  HandleObj *h = handle_new(self, self->st->HandleType, args[0], args + 1,
+                            nargs - 1, context);
+  if (h == NULL)
+    return NULL;
+  if (self->debug && debug_source_traceback(self, h) < 0) {
+    Py_DECREF(h);
+    return NULL;
+  }
+  Py_INCREF(h); /* owned by the queue entry */
+  int err = threadsafe
+                ? ul_loop_call_soon_threadsafe(self->ul, handle_ready_cb, h)
+                : ul_loop_call_soon(self->ul, handle_ready_cb, h);
+  if (err < 0) {
+    Py_DECREF(h);
+    Py_DECREF(h);
+    return (HandleObj *)raise_errno(err);
+  }
+  return h;
+}
+
+/* ---- Loop: scheduling ------------------------------------------------------- */
+
+static PyObject *Loop_call_soon(LoopObj *self, PyObject *const *args,
+                                Py_ssize_t nargs, PyObject *kwnames) {
+  return (PyObject *)schedule_soon(self, args, nargs, kwnames, "call_soon", 0);
+}
+
+static PyObject *Loop_call_soon_threadsafe(LoopObj *self,
+                                           PyObject *const *args,
+                                           Py_ssize_t nargs,
+                                           PyObject *kwnames) {
+  return (PyObject *)schedule_soon(self, args, nargs, kwnames,
+                                   "call_soon_threadsafe", 1);
+}
+
+static PyObject *schedule_at(LoopObj *self, double when,
+                             PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *context, const char *method) {
+  if (check_closed(self) < 0)
+    return NULL;
+  if (self->debug && debug_checks(self, args[0], method, 1) < 0)
+    return NULL;
+  if (isnan(when)) {
+    PyErr_SetString(PyExc_ValueError, "the deadline must not be NaN");
+    return NULL;
+  }
+  HandleObj *h = handle_new(self, self->st->TimerHandleType, args[0],
+                            args + 1, nargs - 1, context);
+  if (h == NULL)
+    return NULL;
+  h->is_timer = 1;
+  h->when = when;
+  if (self->debug && debug_source_traceback(self, h) < 0) {
+    Py_DECREF(h);
+    return NULL;
+  }
+  Py_INCREF(h); /* owned by the timer */
+  int err = ul_loop_call_at(self->ul, when, handle_ready_cb, h, &h->timer);
+  if (err < 0) {
+    Py_DECREF(h);
+    Py_DECREF(h);
+    return raise_errno(err);
+  }
+  return (PyObject *)h;
+}
+
+static PyObject *Loop_call_at(LoopObj *self, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames) {
+  PyObject *context;
+  if (parse_callback_args(args, nargs, kwnames, 1, "call_at", &context) < 0)
+    return NULL;
+  double when = PyFloat_AsDouble(args[0]);
+  if (when == -1.0 && PyErr_Occurred())
+    return NULL;
+  return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
+}
+
+static PyObject *Loop_call_later(LoopObj *self, PyObject *const *args,
+                                 Py_ssize_t nargs, PyObject *kwnames) {
+  PyObject *context;
+  if (parse_callback_args(args, nargs, kwnames, 1, "call_later", &context) <
+      0)
+    return NULL;
+  if (args[0] == Py_None) {
+    PyErr_SetString(PyExc_TypeError, "delay must not be None");
+    return NULL;
+  }
+  double delay = PyFloat_AsDouble(args[0]);
+  if (delay == -1.0 && PyErr_Occurred())
+    return NULL;
+  return schedule_at(self, ul_loop_time(self->ul) + delay, args + 1,
+                     nargs - 1, context, "call_later");
+}
+
+static PyObject *Loop_time(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  return PyFloat_FromDouble(ul_loop_time(self->ul));
+}
+
+/* ---- Loop: fd watchers ----------------------------------------------------- */
+
+/* An int from a Python int; -1 with an exception set on overflow. */
+static int long_as_fd(PyObject *v) {
+  long l = PyLong_AsLong(v);
+  if (l == -1 && PyErr_Occurred())
+    return -1;
+  if (l < INT_MIN || l > INT_MAX) {
+    PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", l);
+    return -1;
+  }
+  return (int)l;
+}
+
+/* selectors._fileobj_to_fd: an int, or an object with fileno(). */
+static int fileobj_to_fd(PyObject *fileobj) {
+  int fd;
+  if (PyLong_Check(fileobj)) {
+    fd = long_as_fd(fileobj);
+  } else {
+    PyObject *r = PyObject_CallMethod(fileobj, "fileno", NULL);
+    if (r == NULL) {
+      if (PyErr_ExceptionMatches(PyExc_AttributeError) ||
+          PyErr_ExceptionMatches(PyExc_TypeError) ||
+          PyErr_ExceptionMatches(PyExc_ValueError)) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
+      }
+      return -1;
+    }
+    fd = PyLong_Check(r) ? long_as_fd(r) : -1;
+    if (!PyLong_Check(r) && !PyErr_Occurred())
+      PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
+    Py_DECREF(r);
+  }
+  if (fd == -1 && PyErr_Occurred())
+    return -1;
+  if (fd < 0) {
+    PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %d", fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* The libunixloop callback of an fd: queue its Handle, as asyncio's
+ * _process_events does; a cancelled one is removed instead. */
+static void io_ready(LoopObj *self, int fd, HandleObj *h, int reading) {
+  if (h->cancelled) {
+    PyObject *key = PyLong_FromLong(fd);
+    if (key == NULL) {
+      PyErr_WriteUnraisable((PyObject *)self);
+      return;
+    }
+    PyObject *table = reading ? self->readers : self->writers;
+    if (reading)
+      ul_loop_remove_reader(self->ul, fd);
+    else
+      ul_loop_remove_writer(self->ul, fd);
+    if (PyDict_DelItem(table, key) < 0)
+      PyErr_Clear();
+    Py_DECREF(key);
+    return;
+  }
+  Py_INCREF(h);
+  if (ul_loop_call_soon(self->ul, handle_ready_cb, h) < 0)
+    Py_DECREF(h);
+}
+
+static void io_read_cb(ul_loop *ul, int fd, int events, void *arg) {
+  (void)events;
+  io_ready(ul_loop_get_data(ul), fd, arg, 1);
+}
+
+static void io_write_cb(ul_loop *ul, int fd, int events, void *arg) {
+  (void)events;
+  io_ready(ul_loop_get_data(ul), fd, arg, 0);
+}
+
+static PyObject *add_watcher(LoopObj *self, PyObject *const *args,
+                             Py_ssize_t nargs, int reading) {
+  const char *method = reading ? "_add_reader" : "_add_writer";
+  if (nargs < 2) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments", method);
+    return NULL;
+  }
+  if (check_closed(self) < 0)
+    return NULL;
+  int fd = fileobj_to_fd(args[0]);
+  if (fd < 0)
+    return NULL;
+  HandleObj *h = handle_new(self, self->st->HandleType, args[1], args + 2,
+                            nargs - 2, NULL);
+  if (h == NULL)
+    return NULL;
+  int err = reading ? ul_loop_add_reader(self->ul, fd, io_read_cb, h)
+                    : ul_loop_add_writer(self->ul, fd, io_write_cb, h);
+  if (err < 0) {
+    Py_DECREF(h);
+    return raise_errno(err);
+  }
+  PyObject *table = reading ? self->readers : self->writers;
+  PyObject *key = PyLong_FromLong(fd);
+  PyObject *old = NULL;
+  if (key == NULL)
+    goto fail;
+  old = PyDict_GetItemWithError(table, key);
+  Py_XINCREF(old);
+  if (PyErr_Occurred() || PyDict_SetItem(table, key, (PyObject *)h) < 0)
+    goto fail;
+  Py_DECREF(key);
+  if (old != NULL) {
+    PyObject *r = Handle_cancel((HandleObj *)old, NULL);
+    Py_XDECREF(r);
+    Py_DECREF(old);
+  }
+  return (PyObject *)h; /* the table keeps its own reference */
+
+fail:
+  if (reading)
+    ul_loop_remove_reader(self->ul, fd);
+  else
+    ul_loop_remove_writer(self->ul, fd);
+  Py_XDECREF(key);
+  Py_XDECREF(old);
+  Py_DECREF(h);
+  return NULL;
+}
+
+static PyObject *remove_watcher(LoopObj *self, PyObject *fileobj,
+                                int reading) {
+  if (self->closed || self->ul == NULL)
+    Py_RETURN_FALSE;
+  int fd = fileobj_to_fd(fileobj);
+  if (fd < 0)
+    return NULL;
+  int found = reading ? ul_loop_remove_reader(self->ul, fd)
+                      : ul_loop_remove_writer(self->ul, fd);
+  PyObject *table = reading ? self->readers : self->writers;
+  PyObject *key = PyLong_FromLong(fd);
+  if (key == NULL)
+    return NULL;
+  PyObject *h = PyDict_GetItemWithError(table, key);
+  if (h == NULL) {
+    Py_DECREF(key);
+    if (PyErr_Occurred())
+      return NULL;
+    return PyBool_FromLong(found > 0);
+  }
+  Py_INCREF(h);
+  int r = PyDict_DelItem(table, key);
+  Py_DECREF(key);
+  if (r < 0) {
+    Py_DECREF(h);
+    return NULL;
+  }
+  int was_cancelled = ((HandleObj *)h)->cancelled;
+  PyObject *c = Handle_cancel((HandleObj *)h, NULL);
+  Py_DECREF(h);
+  if (c == NULL)
+    return NULL;
+  Py_DECREF(c);
+  return PyBool_FromLong(!was_cancelled);
+}
+
+static PyObject *Loop_add_reader(LoopObj *self, PyObject *const *args,
+                                 Py_ssize_t nargs) {
+  return add_watcher(self, args, nargs, 1);
+}
+
+static PyObject *Loop_add_writer(LoopObj *self, PyObject *const *args,
+                                 Py_ssize_t nargs) {
+  return add_watcher(self, args, nargs, 0);
+}
+
+static PyObject *Loop_remove_reader(LoopObj *self, PyObject *fd) {
+  return remove_watcher(self, fd, 1);
+}
+
+static PyObject *Loop_remove_writer(LoopObj *self, PyObject *fd) {
+  return remove_watcher(self, fd, 0);
+}
+
+/* ---- Loop: running -------------------------------------------------------- */
+
+static void before_poll(ul_loop *ul, int timeout_ms, void *arg) {
+  LoopObj *self = arg;
+  (void)ul;
+  /* A zero-timeout poll is too short to be worth handing the GIL over. */
+  if (timeout_ms != 0)
+    self->released = PyEval_SaveThread();
+}
+
+static int after_poll(ul_loop *ul, int poll_err, void *arg) {
+  LoopObj *self = arg;
+  (void)ul;
+  if (self->released != NULL) {
+    PyEval_RestoreThread(self->released);
+    self->released = NULL;
+  }
+  /* Run Python's signal handlers now: Ctrl-C must interrupt a loop that
+   * was waiting (KeyboardInterrupt, or asyncio.Runner's handler). */
+  if (PyErr_CheckSignals() < 0) {
+    self->failed = 1;
+    return -EINTR;
+  }
+  if (poll_err < 0 && poll_err != -EINTR) {
+    self->failed = 1;
+    raise_errno(poll_err);
+    return poll_err;
+  }
+  return 0;
+}
+
+static PyObject *run_result(LoopObj *self, int err) {
+  if (self->failed) {
+    self->failed = 0;
+    if (PyErr_Occurred())
+      return NULL;
+  }
+  if (err < 0 && err != -EINTR)
+    return raise_errno(err);
+  Py_RETURN_NONE;
+}
+
+/* Runs until stop(); the Python run_forever() sets up around it. */
+static PyObject *Loop_run(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  if (check_closed(self) < 0)
+    return NULL;
+  self->failed = 0;
+  int err = ul_loop_run(self->ul);
+  self->stopping = 0;
+  return run_result(self, err);
+}
+
+static PyObject *Loop_run_once(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  if (check_closed(self) < 0)
+    return NULL;
+  self->failed = 0;
+  return run_result(self, ul_loop_run_once(self->ul, 1));
+}
+
+static PyObject *Loop_stop(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  self->stopping = 1;
+  if (self->ul != NULL)
+    ul_loop_stop(self->ul);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Loop_is_running(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  return PyBool_FromLong(self->ul != NULL && ul_loop_is_running(self->ul));
+}
+
+static PyObject *Loop_is_closed(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  return PyBool_FromLong(self->closed);
+}
+
+/* Frees the C loop: queued callbacks and timers are dropped (asyncio's
+ * close() clears _ready and _scheduled), fd watchers are forgotten. */
+static void loop_close_core(LoopObj *self) {
+  if (self->ul == NULL)
+    return;
+  ul_loop *ul = self->ul;
+  if (ul_loop_close(ul) != 0)
+    return; /* running: the caller checked; keep everything */
+  self->ul = NULL;
+  self->closed = 1;
+  PyObject *r = PyObject_CallMethod(self->readers, "clear", NULL);
+  Py_XDECREF(r);
+  r = PyObject_CallMethod(self->writers, "clear", NULL);
+  Py_XDECREF(r);
+}
+
+static PyObject *Loop_close_core(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  if (self->ul != NULL && ul_loop_is_running(self->ul)) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
+    return NULL;
+  }
+  loop_close_core(self);
+  if (PyErr_Occurred())
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+static PyObject *Loop_backend(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  if (self->ul == NULL)
+    Py_RETURN_NONE;
+  return PyUnicode_FromString(ul_loop_backend_name(self->ul));
+}
+
+/* ---- Loop: attributes ----------------------------------------------------- */
+
+static PyObject *Loop_get_closed(LoopObj *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(self->closed);
+}
+
+static int Loop_set_closed(LoopObj *self, PyObject *v, void *c) {
+  (void)c;
+  int t = v ? PyObject_IsTrue(v) : 0;
+  if (t < 0)
+    return -1;
+  self->closed = t || self->ul == NULL;
+  return 0;
+}
+
+static PyObject *Loop_get_debug_attr(LoopObj *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(self->debug);
+}
+
+static int Loop_set_debug_attr(LoopObj *self, PyObject *v, void *c) {
+  (void)c;
+  int t = v ? PyObject_IsTrue(v) : 0;
+  if (t < 0)
+    return -1;
+  self->debug = t;
+  return 0;
+}
+
+static PyObject *Loop_get_stopping(LoopObj *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(self->stopping);
+}
+
+static int Loop_set_stopping(LoopObj *self, PyObject *v, void *c) {
+  (void)c;
+  int t = v ? PyObject_IsTrue(v) : 0;
+  if (t < 0)
+    return -1;
+  self->stopping = t;
+  if (t && self->ul != NULL)
+    ul_loop_stop(self->ul);
+  return 0;
+}
+
+static PyObject *Loop_get_slow(LoopObj *self, void *c) {
+  (void)c;
+  return PyFloat_FromDouble(self->slow_callback_duration);
+}
+
+static int Loop_set_slow(LoopObj *self, PyObject *v, void *c) {
+  (void)c;
+  if (v == NULL) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete");
+    return -1;
+  }
+  double d = PyFloat_AsDouble(v);
+  if (d == -1.0 && PyErr_Occurred())
+    return -1;
+  self->slow_callback_duration = d;
+  return 0;
+}
+
+static PyObject *Loop_get_readers(LoopObj *self, void *c) {
+  (void)c;
+  return Py_NewRef(self->readers);
+}
+
+static PyObject *Loop_get_writers(LoopObj *self, void *c) {
+  (void)c;
+  return Py_NewRef(self->writers);
+}
+
+/* ---- Loop: life cycle ----------------------------------------------------- */
+
+static PyObject *Loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
+  (void)args;
+  (void)kw;
+  core_state *st = state_of_type(tp);
+  if (st == NULL)
+    return NULL;
+  LoopObj *self = (LoopObj *)tp->tp_alloc(tp, 0);
+  if (self == NULL)
+    return NULL;
+  self->st = st;
+  self->slow_callback_duration = 0.1;
+  self->readers = PyDict_New();
+  self->writers = PyDict_New();
+  if (self->readers == NULL || self->writers == NULL) {
+    Py_DECREF(self);
+    return NULL;
+  }
+  int err = ul_loop_new(&self->ul, NULL);
+  if (err < 0) {
+    self->ul = NULL;
+    self->closed = 1;
+    Py_DECREF(self);
+    if (err == -EINVAL) {
+      PyErr_SetString(PyExc_ValueError,
+                      "UNIXLOOP_BACKEND must be 'epoll' or 'poll'");
+      return NULL;
+    }
+    return raise_errno(err);
+  }
+  ul_loop_set_data(self->ul, self);
+  ul_loop_set_poll_hooks(self->ul, before_poll, after_poll, self);
+  return (PyObject *)self;
+}
+
+static int Loop_traverse(LoopObj *self, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(self->readers);
+  Py_VISIT(self->writers);
+  return 0;
+}
+
+static int Loop_clear(LoopObj *self) {
+  /* The C loop holds borrowed pointers to the handles in the tables: free
+   * it before the tables go. */
+  if (self->ul != NULL && !ul_loop_is_running(self->ul)) {
+    ul_loop_close(self->ul);
+    self->ul = NULL;
+    self->closed = 1;
+  }
+  Py_CLEAR(self->readers);
+  Py_CLEAR(self->writers);
+  return 0;
+}
+
+static void Loop_dealloc(LoopObj *self) {
+  PyTypeObject *tp = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (self->weakreflist != NULL)
+    PyObject_ClearWeakRefs((PyObject *)self);
+  (void)Loop_clear(self);
+  tp->tp_free(self);
+  Py_DECREF(tp);
+}
+
+static PyMethodDef Loop_methods[] = {
+    {"call_soon", (PyCFunction)(void (*)(void))Loop_call_soon,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_soon_threadsafe",
+     (PyCFunction)(void (*)(void))Loop_call_soon_threadsafe,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_later", (PyCFunction)(void (*)(void))Loop_call_later,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"call_at", (PyCFunction)(void (*)(void))Loop_call_at,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"time", (PyCFunction)Loop_time, METH_NOARGS, NULL},
+    {"_add_reader", (PyCFunction)(void (*)(void))Loop_add_reader,
+     METH_FASTCALL, NULL},
+    {"_add_writer", (PyCFunction)(void (*)(void))Loop_add_writer,
+     METH_FASTCALL, NULL},
+    {"_remove_reader", (PyCFunction)Loop_remove_reader, METH_O, NULL},
+    {"_remove_writer", (PyCFunction)Loop_remove_writer, METH_O, NULL},
+    {"_run", (PyCFunction)Loop_run, METH_NOARGS, NULL},
+    {"_run_once", (PyCFunction)Loop_run_once, METH_NOARGS, NULL},
+    {"stop", (PyCFunction)Loop_stop, METH_NOARGS, NULL},
+    {"is_running", (PyCFunction)Loop_is_running, METH_NOARGS, NULL},
+    {"is_closed", (PyCFunction)Loop_is_closed, METH_NOARGS, NULL},
+    {"_close_core", (PyCFunction)Loop_close_core, METH_NOARGS, NULL},
+    {"_backend", (PyCFunction)Loop_backend, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Loop_getset[] = {
+    {"_closed", (getter)Loop_get_closed, (setter)Loop_set_closed, NULL, NULL},
+    {"_debug", (getter)Loop_get_debug_attr, (setter)Loop_set_debug_attr, NULL,
+     NULL},
+    {"_stopping", (getter)Loop_get_stopping, (setter)Loop_set_stopping, NULL,
+     NULL},
+    {"slow_callback_duration", (getter)Loop_get_slow, (setter)Loop_set_slow,
+     NULL, NULL},
+    {"_readers", (getter)Loop_get_readers, NULL, NULL, NULL},
+    {"_writers", (getter)Loop_get_writers, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyMemberDef Loop_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(LoopObj, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyType_Slot Loop_slots[] = {
+    {Py_tp_new, Loop_new},
+    {Py_tp_dealloc, Loop_dealloc},
+    {Py_tp_traverse, Loop_traverse},
+    {Py_tp_clear, Loop_clear},
+    {Py_tp_methods, Loop_methods},
+    {Py_tp_getset, Loop_getset},
+    {Py_tp_members, Loop_members},
+    {0, NULL}};
+
+static PyType_Spec Loop_spec = {
+    .name = "unixloop._core.Loop",
+    .basicsize = sizeof(LoopObj),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE,
+    .slots = Loop_slots};
+
+/* ---- module --------------------------------------------------------------- */
+
+static int core_exec(PyObject *mod) {
+  core_state *st = PyModule_GetState(mod);
+  st->HandleType =
+      (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Handle_spec, NULL);
+  if (st->HandleType == NULL)
+    return -1;
+  st->TimerHandleType = (PyTypeObject *)PyType_FromModuleAndSpec(
+      mod, &TimerHandle_spec, (PyObject *)st->HandleType);
+  if (st->TimerHandleType == NULL)
+    return -1;
+  st->LoopType =
+      (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Loop_spec, NULL);
+  if (st->LoopType == NULL)
+    return -1;
+  st->str_call_exception_handler =
+      PyUnicode_InternFromString("call_exception_handler");
+  st->str_check_thread = PyUnicode_InternFromString("_check_thread");
+  st->str_check_callback = PyUnicode_InternFromString("_check_callback");
+  if (!st->str_call_exception_handler || !st->str_check_thread ||
+      !st->str_check_callback)
+    return -1;
+  if (PyModule_AddType(mod, st->HandleType) < 0 ||
+      PyModule_AddType(mod, st->TimerHandleType) < 0 ||
+      PyModule_AddType(mod, st->LoopType) < 0)
+    return -1;
+  if (PyModule_AddStringConstant(mod, "libunixloop_version", ul_version()) <
+      0)
+    return -1;
+  return 0;
+}
+
+static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
+  core_state *st = PyModule_GetState(mod);
+  Py_VISIT(st->HandleType);
+  Py_VISIT(st->TimerHandleType);
+  Py_VISIT(st->LoopType);
+  Py_VISIT(st->helpers);
+  return 0;
+}
+
+static int core_clear(PyObject *mod) {
+  core_state *st = PyModule_GetState(mod);
+  Py_CLEAR(st->HandleType);
+  Py_CLEAR(st->TimerHandleType);
+  Py_CLEAR(st->LoopType);
+  Py_CLEAR(st->helpers);
+  Py_CLEAR(st->str_call_exception_handler);
+  Py_CLEAR(st->str_check_thread);
+  Py_CLEAR(st->str_check_callback);
+  return 0;
+}
+
+static void core_free(void *mod) { (void)core_clear((PyObject *)mod); }
+
+static PyModuleDef_Slot core_slots[] = {{Py_mod_exec, core_exec},
+                                        {0, NULL}};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "unixloop._core",
+    .m_doc = "The C core of unixloop: Loop, Handle and TimerHandle.",
+    .m_size = sizeof(core_state),
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_module); }

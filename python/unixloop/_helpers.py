@@ -1,0 +1,47 @@
+"""Cold paths of unixloop's C core, written in Python.
+
+The C core calls these only when something unusual happens (a callback
+raised, debug mode, repr), so they may be as slow as asyncio's own code;
+they produce exactly what asyncio produces.
+"""
+import sys
+from asyncio import base_events, format_helpers
+from asyncio.log import logger
+
+
+def format_callback_failure(callback, args, exc, handle):
+    """The context asyncio's Handle._run passes to call_exception_handler."""
+    cb = format_helpers._format_callback_source(callback, args)
+    context = {
+        'message': f'Exception in callback {cb}',
+        'exception': exc,
+        'handle': handle,
+    }
+    if handle._source_traceback:
+        context['source_traceback'] = handle._source_traceback
+    return context
+
+
+def handle_repr(handle):
+    info = [type(handle).__name__]
+    if handle._cancelled:
+        info.append('cancelled')
+    if hasattr(handle, 'when'):
+        info.insert(2 if handle._cancelled else 1, f'when={handle.when()}')
+    if handle._callback is not None:
+        info.append(format_helpers._format_callback_source(
+            handle._callback, handle._args))
+    if handle._source_traceback:
+        frame = handle._source_traceback[-1]
+        info.append(f'created at {frame[0]}:{frame[1]}')
+    return '<{}>'.format(' '.join(info))
+
+
+def extract_stack():
+    """The stack of the code that scheduled a callback (debug mode)."""
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def warn_slow_callback(handle, seconds):
+    logger.warning('Executing %s took %.3f seconds',
+                   base_events._format_handle(handle), seconds)
