@@ -92,6 +92,8 @@ typedef struct ul__io {
   unsigned pevents;   /* what the backend has registered */
 } ul__io;
 
+void ul__collect_threadsafe(ul_loop *loop);
+
 void ul__io_dispatch(ul_loop *loop, int fd, unsigned revents);
 void ul__io_destroy(ul_loop *loop);
 
@@ -132,6 +134,9 @@ struct ul_loop {
   pthread_mutex_t ts_lock;
   ul__ring ts_queue;
   atomic_int ts_wake_pending;
+  atomic_int ts_nonempty;  /* ts_queue has entries: call_soon collects them
+                              first, to keep one FIFO order as asyncio's
+                              single _ready deque does */
   int wake_fd;         /* eventfd */
 
   int running;

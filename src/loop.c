@@ -28,22 +28,12 @@ double ul_loop_clock_resolution(const ul_loop *loop) {
 
 /* ---- thread-safe wake-up -------------------------------------------------- */
 
-/* The eventfd's reader: collects what other threads queued. */
-static void wake_fd_read(ul_loop *loop, int fd, int events, void *arg) {
-  uint64_t count;
-  ssize_t r;
-  (void)events;
-  (void)arg;
-  /* Reset the flag before draining, so a call_soon_threadsafe racing with
-   * us either lands in the swap below or writes the eventfd again. */
-  atomic_store(&loop->ts_wake_pending, 0);
-  do
-    r = read(fd, &count, sizeof count);
-  while (r == -1 && errno == EINTR);
-
+/* Moves what other threads queued to the ready queue, in their order. */
+void ul__collect_threadsafe(ul_loop *loop) {
   pthread_mutex_lock(&loop->ts_lock);
   ul__ring queued = loop->ts_queue;
   memset(&loop->ts_queue, 0, sizeof loop->ts_queue);
+  atomic_store_explicit(&loop->ts_nonempty, 0, memory_order_relaxed);
   pthread_mutex_unlock(&loop->ts_lock);
 
   ul__entry e;
@@ -55,6 +45,21 @@ static void wake_fd_read(ul_loop *loop, int fd, int events, void *arg) {
     }
   }
   ul__ring_free(&queued);
+}
+
+/* The eventfd's reader: collects what other threads queued. */
+static void wake_fd_read(ul_loop *loop, int fd, int events, void *arg) {
+  uint64_t count;
+  ssize_t r;
+  (void)events;
+  (void)arg;
+  /* Reset the flag before draining, so a call_soon_threadsafe racing with
+   * us either lands in the collection below or writes the eventfd again. */
+  atomic_store(&loop->ts_wake_pending, 0);
+  do
+    r = read(fd, &count, sizeof count);
+  while (r == -1 && errno == EINTR);
+  ul__collect_threadsafe(loop);
 }
 
 int ul_loop_wakeup(ul_loop *loop) {
@@ -75,6 +80,8 @@ int ul_loop_call_soon_threadsafe(ul_loop *loop, ul_cb cb, void *arg) {
   pthread_mutex_lock(&loop->ts_lock);
   int err = loop->closing ? -ESHUTDOWN
                           : ul__ring_push(&loop->ts_queue, cb, arg, NULL);
+  if (err == 0)
+    atomic_store_explicit(&loop->ts_nonempty, 1, memory_order_relaxed);
   pthread_mutex_unlock(&loop->ts_lock);
   if (err)
     return err;
@@ -130,6 +137,7 @@ int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options) {
                                ? (double)res.tv_sec + (double)res.tv_nsec * 1e-9
                                : 1e-9;
   atomic_init(&loop->ts_wake_pending, 0);
+  atomic_init(&loop->ts_nonempty, 0);
 
   err = pthread_mutex_init(&loop->ts_lock, NULL);
   if (err) {
@@ -220,6 +228,8 @@ int ul_loop_call_soon(ul_loop *loop, ul_cb cb, void *arg) {
     return -EINVAL;
   if (loop->closing)
     return -ESHUTDOWN;
+  if (atomic_load_explicit(&loop->ts_nonempty, memory_order_relaxed))
+    ul__collect_threadsafe(loop);
   return ul__ring_push(&loop->ready, cb, arg, NULL);
 }
 
