@@ -129,6 +129,7 @@ struct ul_loop {
 
   ul__io *io;          /* indexed by fd */
   int io_cap;
+  int io_active;       /* fds with a watcher, the loop's eventfd included */
 
   /* call_soon_threadsafe: entries queued by other threads. */
   pthread_mutex_t ts_lock;

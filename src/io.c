@@ -56,6 +56,7 @@ static int io_add(ul_loop *loop, int fd, unsigned dir, ul_io_cb cb,
       return err;
   }
   ul__io saved = *w;
+  unsigned was = w->events;
   if (dir == UL_READABLE) {
     w->read_cb = cb;
     w->read_arg = arg;
@@ -69,6 +70,8 @@ static int io_add(ul_loop *loop, int fd, unsigned dir, ul_io_cb cb,
     *w = saved;
     return err;
   }
+  if (was == 0)
+    loop->io_active++;
   return 0;
 }
 
@@ -86,6 +89,8 @@ static int io_remove(ul_loop *loop, int fd, unsigned dir) {
     w->write_arg = NULL;
   }
   w->events &= ~dir;
+  if (w->events == 0)
+    loop->io_active--;
   /* The fd may already be closed: whatever the backend says, it is gone. */
   (void)io_sync(loop, fd, 0);
   return 1;

@@ -276,12 +276,16 @@ static void run_ready(ul_loop *loop) {
   }
 }
 
-static int run_iteration(ul_loop *loop, int may_block) {
-  ul__timers_prune(loop);
-  int timeout = poll_timeout_ms(loop, may_block);
+/* Polls for I/O and runs the I/O callbacks.  When callbacks are ready and
+ * no fd but the loop's own eventfd is watched, a zero-timeout poll could
+ * only report that eventfd, whose news the ts_nonempty flag already
+ * carries: skip the system call.  This is what makes chains of callbacks
+ * (tasks, futures, sleep(0)) cheap. */
+static int poll_io(ul_loop *loop, int timeout) {
   if (loop->before_poll != NULL)
     loop->before_poll(loop, timeout, loop->poll_hook_arg);
-  int err = loop->backend->wait(loop, timeout);
+  int only_wake_fd = timeout == 0 && loop->io_active <= 1;
+  int err = only_wake_fd ? 0 : loop->backend->wait(loop, timeout);
   if (loop->after_poll != NULL) {
     int r = loop->after_poll(loop, err, loop->poll_hook_arg);
     if (r < 0)
@@ -289,8 +293,22 @@ static int run_iteration(ul_loop *loop, int may_block) {
   } else if (err < 0 && err != -EINTR) {
     ul_loop_report_error(loop, err, "polling for I/O failed");
   }
-  loop->backend->dispatch(loop);
-  ul__timers_move_due(loop, ul_loop_time(loop) + loop->clock_resolution);
+  if (only_wake_fd) {
+    if (atomic_load_explicit(&loop->ts_nonempty, memory_order_relaxed))
+      ul__collect_threadsafe(loop);
+  } else {
+    loop->backend->dispatch(loop);
+  }
+  return 0;
+}
+
+static int run_iteration(ul_loop *loop, int may_block) {
+  ul__timers_prune(loop);
+  int err = poll_io(loop, poll_timeout_ms(loop, may_block));
+  if (err < 0)
+    return err;
+  if (loop->timers.len > 0)
+    ul__timers_move_due(loop, ul_loop_time(loop) + loop->clock_resolution);
   run_ready(loop);
 
   err = loop->break_err;

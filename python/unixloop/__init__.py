@@ -37,7 +37,21 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         self._selector = None
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
-        self._make_self_pipe()
+        # asyncio's self-pipe only carries signal numbers here (the C core
+        # wakes itself for call_soon_threadsafe): make it when a signal
+        # handler is first added, so that a loop watching no fd never polls
+        # while callbacks are ready.
+        self._ssock = self._csock = None
+        self._internal_fds = 1  # the C core's wake-up eventfd
+
+    def add_signal_handler(self, sig, callback, *args):
+        if self._ssock is None and not self.is_closed():
+            self._make_self_pipe()
+        return super().add_signal_handler(sig, callback, *args)
+
+    def _close_self_pipe(self):
+        if self._ssock is not None:
+            super()._close_self_pipe()
 
     def run_forever(self):
         """Run until stop() is called."""
@@ -69,7 +83,9 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
 
     def close(self):
         super().close()
-        self._close_core()
+        if self.is_closed():
+            self._close_core()
+            self._internal_fds = 0
 
     def __repr__(self):
         return (f'<{type(self).__name__} running={self.is_running()} '
