@@ -1,0 +1,262 @@
+/*
+ * echo_client -- a raw-epoll echo load generator (no event-loop library).
+ *
+ *   echo_client -a HOST:PORT | -u PATH  [-c 16] [-s 1024] [-d 2] [-w 0.5] [-V]
+ *
+ * Opens `c` stream connections (TCP with TCP_NODELAY, or UNIX-domain).  Each
+ * connection sends one message of `s` bytes, waits until all `s` bytes have
+ * come back, and sends the next one (one request in flight per connection).
+ * The first `w` seconds are a warm-up; then it prints the line
+ *
+ *   {"event": "start"}
+ *
+ * (flushed) so that a server can start measuring, counts the requests
+ * completed in the next `d` seconds, and prints, before closing anything,
+ *
+ *   {"requests": N, "seconds": S, "rps": R, "connections": C, "size": B}
+ *
+ * -V checks the content of every echo (costs client CPU; off by default).
+ * Exit status: 0, or 1 on a usage, connect or I/O error (message on stderr).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct conn {
+  int fd;
+  size_t sent;     /* bytes of the current request written */
+  size_t got;      /* bytes of the current echo read */
+  int want_out;    /* EPOLLOUT armed */
+} conn;
+
+static size_t msg_size = 1024;
+static char *out_buf;
+static char *in_buf;
+static int verify;
+static int epfd = -1;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what) {
+  fprintf(stderr, "echo_client: %s: %s\n", what, strerror(errno));
+  exit(1);
+}
+
+static void usage(void) {
+  fprintf(stderr,
+          "usage: echo_client (-a HOST:PORT | -u PATH) [-c CONNS] [-s BYTES] "
+          "[-d SECONDS] [-w WARMUP_SECONDS] [-V]\n");
+  exit(1);
+}
+
+static int open_tcp(const char *hostport) {
+  char host[256];
+  const char *colon = strrchr(hostport, ':');
+  struct addrinfo hints, *res, *ai;
+  int fd = -1, one = 1, r;
+
+  if (colon == NULL || (size_t)(colon - hostport) >= sizeof host) usage();
+  memcpy(host, hostport, (size_t)(colon - hostport));
+  host[colon - hostport] = '\0';
+  memset(&hints, 0, sizeof hints);
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  r = getaddrinfo(host, colon + 1, &hints, &res);
+  if (r != 0) {
+    fprintf(stderr, "echo_client: getaddrinfo(%s): %s\n", hostport,
+            gai_strerror(r));
+    exit(1);
+  }
+  for (ai = res; ai != NULL; ai = ai->ai_next) {
+    fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0);
+    if (fd < 0) continue;
+    do r = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    while (r == -1 && errno == EINTR);
+    if (r == 0) break;
+    close(fd);
+    fd = -1;
+  }
+  freeaddrinfo(res);
+  if (fd < 0) die("connect");
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+    die("setsockopt(TCP_NODELAY)");
+  return fd;
+}
+
+static int open_unix(const char *path) {
+  struct sockaddr_un sa;
+  int fd, r;
+
+  if (strlen(path) >= sizeof sa.sun_path) usage();
+  memset(&sa, 0, sizeof sa);
+  sa.sun_family = AF_UNIX;
+  strcpy(sa.sun_path, path);
+  fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  do r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  while (r == -1 && errno == EINTR);
+  if (r < 0) die("connect");
+  return fd;
+}
+
+static void set_out(conn *c, int on) {
+  struct epoll_event ev;
+  if (c->want_out == on) return;
+  c->want_out = on;
+  ev.events = EPOLLIN | (on ? EPOLLOUT : 0);
+  ev.data.ptr = c;
+  if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl");
+}
+
+/* Writes what it can of the current request. */
+static void do_write(conn *c) {
+  while (c->sent < msg_size) {
+    ssize_t n = write(c->fd, out_buf + c->sent, msg_size - c->sent);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        set_out(c, 1);
+        return;
+      }
+      die("write");
+    }
+    c->sent += (size_t)n;
+  }
+  set_out(c, 0);
+}
+
+/* Reads what is there; returns the number of requests completed (0 or 1). */
+static int do_read(conn *c) {
+  for (;;) {
+    size_t want = msg_size - c->got;
+    ssize_t n;
+    if (want == 0) break;
+    n = read(c->fd, in_buf + c->got, want);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return 0;
+      die("read");
+    }
+    if (n == 0) {
+      fprintf(stderr, "echo_client: server closed a connection\n");
+      exit(1);
+    }
+    if (verify && memcmp(in_buf + c->got, out_buf + c->got, (size_t)n) != 0) {
+      fprintf(stderr, "echo_client: echo does not match what was sent\n");
+      exit(1);
+    }
+    c->got += (size_t)n;
+  }
+  if (c->sent != msg_size) {
+    fprintf(stderr, "echo_client: got more than was sent\n");
+    exit(1);
+  }
+  c->got = 0;
+  c->sent = 0;
+  do_write(c);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  const char *tcp = NULL, *unix_path = NULL;
+  int nconn = 16, opt, i;
+  double duration = 2.0, warmup = 0.5;
+  conn *conns;
+  struct epoll_event events[256];
+  double t_begin, t_start = 0, t_end, t;
+  int started = 0;
+  uint64_t requests = 0;
+
+  while ((opt = getopt(argc, argv, "a:u:c:s:d:w:V")) != -1) {
+    switch (opt) {
+      case 'a': tcp = optarg; break;
+      case 'u': unix_path = optarg; break;
+      case 'c': nconn = atoi(optarg); break;
+      case 's': msg_size = (size_t)strtoull(optarg, NULL, 10); break;
+      case 'd': duration = atof(optarg); break;
+      case 'w': warmup = atof(optarg); break;
+      case 'V': verify = 1; break;
+      default: usage();
+    }
+  }
+  if ((tcp == NULL) == (unix_path == NULL) || nconn < 1 || msg_size < 1 ||
+      duration <= 0 || warmup < 0)
+    usage();
+
+  out_buf = malloc(msg_size);
+  in_buf = malloc(msg_size);
+  conns = calloc((size_t)nconn, sizeof *conns);
+  if (out_buf == NULL || in_buf == NULL || conns == NULL) die("malloc");
+  for (i = 0; (size_t)i < msg_size; i++) out_buf[i] = (char)('a' + i % 26);
+
+  epfd = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd < 0) die("epoll_create1");
+  for (i = 0; i < nconn; i++) {
+    struct epoll_event ev;
+    conn *c = &conns[i];
+    c->fd = tcp ? open_tcp(tcp) : open_unix(unix_path);
+    if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
+      die("fcntl");
+    ev.events = EPOLLIN;
+    ev.data.ptr = c;
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
+  }
+
+  t_begin = now_s();
+  t_end = t_begin + warmup + duration;
+  for (i = 0; i < nconn; i++) do_write(&conns[i]);
+
+  for (;;) {
+    int n, timeout_ms;
+    t = now_s();
+    if (!started && t >= t_begin + warmup) {
+      started = 1;
+      requests = 0;
+      t_start = t;
+      t_end = t + duration;
+      printf("{\"event\": \"start\"}\n");
+      fflush(stdout);
+    }
+    if (started && t >= t_end) break;
+    timeout_ms = (int)(((started ? t_end : t_begin + warmup) - t) * 1000) + 1;
+    n = epoll_wait(epfd, events, 256, timeout_ms);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      die("epoll_wait");
+    }
+    for (i = 0; i < n; i++) {
+      conn *c = events[i].data.ptr;
+      if (events[i].events & EPOLLOUT) do_write(c);
+      if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+        requests += (uint64_t)do_read(c);
+    }
+  }
+  t = now_s() - t_start;
+  printf("{\"requests\": %llu, \"seconds\": %.6f, \"rps\": %.1f, "
+         "\"connections\": %d, \"size\": %zu}\n",
+         (unsigned long long)requests, t, (double)requests / t, nconn,
+         msg_size);
+  fflush(stdout);
+  for (i = 0; i < nconn; i++) close(conns[i].fd);
+  close(epfd);
+  free(conns);
+  free(in_buf);
+  free(out_buf);
+  return 0;
+}

@@ -1,0 +1,698 @@
+#!/usr/bin/env python3
+"""Side-by-side Python benchmarks: stock asyncio, uvloop and unixloop.
+
+Every (workload, loop, run) is a fresh interpreter (this file re-run with
+--worker), loops are interleaved round-robin inside each workload (run 1 on
+every loop, then run 2, ...), and the table shows medians.  See README.md.
+
+    python3 bench/pybench.py                      # all default workloads, 5 runs
+    python3 bench/pybench.py --quick              # smoke test, < 1 minute
+    python3 bench/pybench.py --loop asyncio,uvloop --only 'echo_*' --repeat 3
+    python3 bench/pybench.py --all --json results.jsonl
+
+Run it with the interpreter whose packages you want to compare (the project
+venv, made with --system-site-packages, sees Debian's uvloop).
+"""
+
+import argparse
+import asyncio
+import fnmatch
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ALL_LOOPS = ("asyncio", "uvloop", "unixloop")
+RECV_SIZE = 65536          # sock_recv / StreamReader.read size of the echo servers
+ECHO_CONNECTIONS = 16
+
+
+# --------------------------------------------------------------------------
+# Loops
+# --------------------------------------------------------------------------
+
+def new_loop(name):
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    if name == "unixloop":
+        import unixloop
+        return unixloop.new_event_loop()
+    raise ValueError("unknown loop %r" % name)
+
+
+def loop_version(name):
+    if name == "asyncio":
+        return platform.python_version()
+    mod = __import__(name)
+    return getattr(mod, "__version__", "?")
+
+
+# --------------------------------------------------------------------------
+# Micro workloads.  Each takes (loop, seconds) and returns (count, elapsed):
+# it works for about `seconds` and reports how many units it completed in
+# `elapsed` seconds of wall time.
+# --------------------------------------------------------------------------
+
+CALL_SOON_BATCH = 100_000
+
+
+def wl_call_soon(loop, seconds):
+    """Rounds: one callback schedules CALL_SOON_BATCH callbacks (each bumps a
+    counter) and then itself; they all run in the next iteration.  Counts
+    the callbacks."""
+    count = 0
+    deadline = time.perf_counter() + seconds
+    rng = range(CALL_SOON_BATCH)
+
+    def cb():
+        nonlocal count
+        count += 1
+
+    def batch():
+        if time.perf_counter() >= deadline:
+            loop.stop()
+            return
+        call_soon = loop.call_soon
+        for _ in rng:
+            call_soon(cb)
+        call_soon(batch)
+
+    t0 = time.perf_counter()
+    loop.call_soon(batch)
+    loop.run_forever()
+    return count, time.perf_counter() - t0
+
+
+def wl_call_soon_chain(loop, seconds):
+    """Each callback schedules the next one (one callback per iteration)."""
+    count = 0
+    deadline = time.perf_counter() + seconds
+    call_soon = loop.call_soon
+
+    def cb():
+        nonlocal count
+        count += 1
+        if not count & 1023 and time.perf_counter() >= deadline:
+            loop.stop()
+            return
+        call_soon(cb)
+
+    t0 = time.perf_counter()
+    call_soon(cb)
+    loop.run_forever()
+    return count, time.perf_counter() - t0
+
+
+TIMERS_PER_ROUND = 100_000
+# Delays spread over 0-10 ms in a scrambled order: scheduling 100k timers takes
+# longer than that on every loop, so all are due once scheduled, and the
+# measure is the timer heap plus the calls, not the clock.
+TIMER_DELAYS = [((i * 7919) % 1000) / 100_000 for i in range(TIMERS_PER_ROUND)]
+
+
+def _timer_rounds(loop, seconds, cancel_half):
+    """Rounds of TIMERS_PER_ROUND call_later timers (every other one cancelled
+    right after scheduling if cancel_half); a round ends when every timer
+    that was not cancelled has fired.  Counts scheduled timers."""
+    n = len(TIMER_DELAYS)
+    n_fire = n - n // 2 if cancel_half else n
+    deadline = time.perf_counter() + seconds
+    state = {"left": 0, "count": 0}
+
+    def fire():
+        state["left"] -= 1
+        if not state["left"]:
+            state["count"] += n
+            if time.perf_counter() >= deadline:
+                loop.stop()
+            else:
+                start_round()
+
+    def start_round():
+        state["left"] = n_fire
+        call_later = loop.call_later
+        if cancel_half:
+            handles = [call_later(d, fire) for d in TIMER_DELAYS]
+            for h in handles[1::2]:
+                h.cancel()
+        else:
+            for d in TIMER_DELAYS:
+                call_later(d, fire)
+
+    t0 = time.perf_counter()
+    loop.call_soon(start_round)
+    loop.run_forever()
+    return state["count"], time.perf_counter() - t0
+
+
+def wl_call_later(loop, seconds):
+    return _timer_rounds(loop, seconds, False)
+
+
+def wl_call_later_cancel(loop, seconds):
+    return _timer_rounds(loop, seconds, True)
+
+
+def wl_sleep0(loop, seconds):
+    """One task looping on `await asyncio.sleep(0)`; counts the yields."""
+    async def main():
+        count = 0
+        deadline = time.perf_counter() + seconds
+        sleep = asyncio.sleep
+        while time.perf_counter() < deadline:
+            for _ in range(1000):
+                await sleep(0)
+            count += 1000
+        return count
+
+    t0 = time.perf_counter()
+    count = loop.run_until_complete(main())
+    return count, time.perf_counter() - t0
+
+
+def wl_future_roundtrip(loop, seconds):
+    """One task awaits a fresh future that a call_soon'd set_result
+    completes; counts the awaits."""
+    async def main():
+        count = 0
+        deadline = time.perf_counter() + seconds
+        create_future = loop.create_future
+        call_soon = loop.call_soon
+        while time.perf_counter() < deadline:
+            for _ in range(1000):
+                f = create_future()
+                call_soon(f.set_result, None)
+                await f
+            count += 1000
+        return count
+
+    t0 = time.perf_counter()
+    count = loop.run_until_complete(main())
+    return count, time.perf_counter() - t0
+
+
+TASKS_BATCH = 1000
+
+
+def wl_tasks(loop, seconds):
+    """Batches of TASKS_BATCH tasks of a trivial coroutine, created with
+    loop.create_task and awaited together with asyncio.gather; counts the
+    tasks."""
+    async def leaf():
+        return 1
+
+    async def main():
+        count = 0
+        deadline = time.perf_counter() + seconds
+        create_task = loop.create_task
+        gather = asyncio.gather
+        rng = range(TASKS_BATCH)
+        while time.perf_counter() < deadline:
+            await gather(*[create_task(leaf()) for _ in rng])
+            count += TASKS_BATCH
+        return count
+
+    t0 = time.perf_counter()
+    count = loop.run_until_complete(main())
+    return count, time.perf_counter() - t0
+
+
+def run_micro(func, loop, warmup, duration):
+    func(loop, warmup)
+    count, elapsed = func(loop, duration)
+    return {"count": count, "seconds": elapsed, "value": count / elapsed}
+
+
+# --------------------------------------------------------------------------
+# Echo servers, driven by bench/build/echo_client in its own process
+# --------------------------------------------------------------------------
+
+async def _sock_echo(loop, conn):
+    try:
+        while True:
+            data = await loop.sock_recv(conn, RECV_SIZE)
+            if not data:
+                break
+            await loop.sock_sendall(conn, data)
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        conn.close()
+
+
+class _EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def _streams_echo(reader, writer):
+    try:
+        while True:
+            data = await reader.read(RECV_SIZE)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+def _cpu(ru):
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_echo(loop, api, family, size, warmup, duration, client):
+    """Serves echo with `api` ('sock', 'proto' or 'streams') on `family`
+    ('tcp' or 'unix'), runs the C client against it and measures the
+    server's CPU time (getrusage, this process) over the client's measured
+    window.  The client's stdout is read by a helper thread that is blocked
+    in read() except at the two window marks."""
+    tmpdir = None
+    lsock = None
+    server = None
+    tasks = set()
+    if family == "tcp":
+        host = "127.0.0.1"
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="pybench-")
+        path = os.path.join(tmpdir, "echo.sock")
+
+    if api == "sock":
+        if family == "tcp":
+            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind((host, 0))
+            target = ["-a", "%s:%d" % (host, lsock.getsockname()[1])]
+        else:
+            lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lsock.bind(path)
+            target = ["-u", path]
+        lsock.listen(128)
+        lsock.setblocking(False)
+
+        async def accept_loop():
+            while True:
+                conn, _ = await loop.sock_accept(lsock)
+                conn.setblocking(False)
+                if family == "tcp":
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tasks.add(loop.create_task(_sock_echo(loop, conn)))
+
+        tasks.add(loop.create_task(accept_loop()))
+    else:
+        async def start():
+            if api == "proto":
+                if family == "tcp":
+                    return await loop.create_server(_EchoProtocol, host, 0)
+                return await loop.create_unix_server(_EchoProtocol, path)
+            if family == "tcp":
+                return await asyncio.start_server(_streams_echo, host, 0)
+            return await asyncio.start_unix_server(_streams_echo, path)
+
+        server = loop.run_until_complete(start())
+        if family == "tcp":
+            target = ["-a", "%s:%d" % (host, server.sockets[0].getsockname()[1])]
+        else:
+            target = ["-u", path]
+
+    cmd = [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
+                               "-d", str(duration), "-w", str(warmup)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = loop.create_future()
+    marks = {}
+
+    def watch():
+        for line in proc.stdout:
+            msg = json.loads(line)
+            if msg.get("event") == "start":
+                marks["ru0"] = resource.getrusage(resource.RUSAGE_SELF)
+                marks["t0"] = time.perf_counter()
+            else:
+                marks["ru1"] = resource.getrusage(resource.RUSAGE_SELF)
+                marks["t1"] = time.perf_counter()
+                marks["result"] = msg
+                break
+        loop.call_soon_threadsafe(
+            lambda: done.done() or done.set_result(None))
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    try:
+        loop.run_until_complete(done)
+    finally:
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        if lsock is not None:
+            lsock.close()
+        if server is not None:
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+        th.join(10)
+        rc = proc.wait(10)
+        err = proc.stderr.read().decode(errors="replace").strip()
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    if "result" not in marks or rc != 0:
+        raise RuntimeError("echo_client failed (rc=%s): %s" % (rc, err))
+    res = marks["result"]
+    cpu = _cpu(marks["ru1"]) - _cpu(marks["ru0"])
+    window = marks["t1"] - marks["t0"]
+    reqs = res["requests"]
+    return {
+        "value": res["rps"],
+        "requests": reqs,
+        "seconds": res["seconds"],
+        "server_cpu_s": cpu,
+        "server_window_s": window,
+        "server_busy": cpu / window if window > 0 else None,
+        "cpu_us_per_req": cpu / reqs * 1e6 if reqs else None,
+    }
+
+
+# --------------------------------------------------------------------------
+# The workload table
+# --------------------------------------------------------------------------
+
+class Workload:
+    def __init__(self, name, metric, kind, default=True, **params):
+        self.name = name
+        self.metric = metric
+        self.kind = kind          # "micro" or "echo"
+        self.default = default
+        self.params = params
+
+
+def _workloads():
+    wl = [
+        Workload("call_soon", "callbacks/s", "micro", func=wl_call_soon),
+        Workload("call_soon_chain", "callbacks/s", "micro", func=wl_call_soon_chain),
+        Workload("call_later", "timers/s", "micro", func=wl_call_later),
+        Workload("call_later_cancel", "timers/s", "micro", func=wl_call_later_cancel),
+        Workload("sleep0", "yields/s", "micro", func=wl_sleep0),
+        Workload("future_roundtrip", "awaits/s", "micro", func=wl_future_roundtrip),
+        Workload("tasks", "tasks/s", "micro", func=wl_tasks),
+    ]
+    sizes = (("1k", 1024), ("10k", 10240), ("100k", 102400))
+    for api, default in (("sock", True), ("proto", False), ("streams", False)):
+        for family in ("tcp", "unix"):
+            for label, size in sizes:
+                wl.append(Workload("echo_%s_%s_%s" % (api, family, label), "req/s",
+                                   "echo", default=default, api=api,
+                                   family=family, size=size))
+    return {w.name: w for w in wl}
+
+
+WORKLOADS = _workloads()
+
+
+# --------------------------------------------------------------------------
+# Worker: one workload on one loop, in this (fresh) process
+# --------------------------------------------------------------------------
+
+def worker(args):
+    w = WORKLOADS[args.worker]
+    loop = new_loop(args.loop)
+    asyncio.set_event_loop(loop)
+    try:
+        if w.kind == "micro":
+            res = run_micro(w.params["func"], loop, args.warmup, args.duration)
+        else:
+            res = run_echo(loop, w.params["api"], w.params["family"],
+                           w.params["size"], args.warmup, args.duration,
+                           args.echo_client)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+    res["loop_version"] = loop_version(args.loop)
+    print(json.dumps(res), flush=True)
+
+
+# --------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    a = abs(v)
+    if a >= 1e6:
+        return "%.2fM" % (v / 1e6)
+    if a >= 1e5:
+        return "%.1fk" % (v / 1e3)
+    if a >= 1e4:
+        return "%.1fk" % (v / 1e3)
+    if a >= 1000:
+        return "%.0f" % v
+    if a >= 100:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return "-"
+    return "%.2fx" % (a / b)
+
+
+def check_loop(python, name):
+    code = ("import sys; sys.path.insert(0, %r); import pybench; "
+            "l = pybench.new_loop(%r); l.close(); print(pybench.loop_version(%r))"
+            % (HERE, name, name))
+    p = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    if p.returncode != 0:
+        lines = (p.stderr or p.stdout).strip().splitlines()
+        return None, lines[-1] if lines else "rc=%d" % p.returncode
+    return p.stdout.strip(), None
+
+
+def ensure_echo_client(path, explicit):
+    if os.access(path, os.X_OK):
+        return True
+    if explicit:
+        return False
+    p = subprocess.run(["make", "-C", HERE, "build/echo_client"],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout + p.stderr)
+    return os.access(path, os.X_OK)
+
+
+def print_table(rows, loops, out=sys.stdout):
+    header = ["workload", "metric", "asyncio", "uvloop", "unixloop",
+              "unixloop/uvloop", "unixloop/asyncio", "spread", "uvloop/asyncio"]
+    table = [header]
+    for r in rows:
+        m = r["medians"]
+        table.append([
+            r["workload"], r["metric"],
+            fmt(m.get("asyncio")), fmt(m.get("uvloop")), fmt(m.get("unixloop")),
+            ratio(m.get("unixloop"), m.get("uvloop")),
+            ratio(m.get("unixloop"), m.get("asyncio")),
+            "%.0f%%" % (r["spread"] * 100) if r["spread"] is not None else "-",
+            ratio(m.get("uvloop"), m.get("asyncio")),
+        ])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(table):
+        cells = [row[i].ljust(widths[i]) if i < 2 else row[i].rjust(widths[i])
+                 for i in range(len(row))]
+        lines.append("| " + " | ".join(cells) + " |")
+        if j == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out.write("\n".join(lines) + "\n")
+
+
+def driver(args):
+    python = args.python or sys.executable
+    loops = [x.strip() for x in args.loop.split(",") if x.strip()]
+    for name in loops:
+        if name not in ALL_LOOPS:
+            sys.exit("unknown loop %r (choose from %s)" % (name, ",".join(ALL_LOOPS)))
+
+    if args.only:
+        pats = args.only.split(",")
+        names = [n for n in WORKLOADS if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+    else:
+        names = [n for n, w in WORKLOADS.items() if w.default or args.all]
+    if not names:
+        sys.exit("no workload matches %r" % args.only)
+
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
+    if args.quick:
+        micro_w, micro_d, echo_w, echo_d = 0.05, 0.2, 0.1, 0.3
+    else:
+        micro_w, micro_d, echo_w, echo_d = 0.3, 1.0, 0.5, 1.5
+    if args.duration is not None:
+        micro_d = echo_d = args.duration
+    if args.warmup is not None:
+        micro_w = echo_w = args.warmup
+
+    notes = []
+    versions = {}
+    usable = []
+    for name in loops:
+        ver, err = check_loop(python, name)
+        if ver is None:
+            notes.append("note: skipping %s: cannot import/create it (%s)" % (name, err))
+        else:
+            versions[name] = ver
+            usable.append(name)
+    for n in notes:
+        print(n, file=sys.stderr)
+    if not usable:
+        sys.exit("no loop available")
+
+    client = args.echo_client or os.path.join(HERE, "build", "echo_client")
+    if any(WORKLOADS[n].kind == "echo" for n in names):
+        if not ensure_echo_client(client, bool(args.echo_client)):
+            msg = "note: skipping echo workloads: no echo client at %s (make -C bench)" % client
+            print(msg, file=sys.stderr)
+            notes.append(msg)
+            names = [n for n in names if WORKLOADS[n].kind != "echo"]
+
+    print("# python %s (%s); loops: %s; %d run(s) each, interleaved; "
+          "micro %.2gs+%.2gs warm-up, echo %.2gs+%.2gs warm-up, %d connections"
+          % (platform.python_version(), python,
+             ", ".join("%s %s" % (l, versions[l]) for l in usable), repeat,
+             micro_d, micro_w, echo_d, echo_w, ECHO_CONNECTIONS),
+          file=sys.stderr)
+
+    jf = open(args.json, "a") if args.json else None
+    rows = []
+    t_start = time.time()
+    for name in names:
+        w = WORKLOADS[name]
+        warm, dur = (micro_w, micro_d) if w.kind == "micro" else (echo_w, echo_d)
+        results = {l: [] for l in usable}
+        errors = {}
+        for run in range(1, repeat + 1):
+            for l in usable:
+                cmd = [python, os.path.abspath(__file__), "--worker", name,
+                       "--loop", l, "--warmup", str(warm), "--duration", str(dur),
+                       "--echo-client", client]
+                try:
+                    p = subprocess.run(cmd, capture_output=True, text=True,
+                                       timeout=60 + 10 * (warm + dur))
+                    lines = p.stdout.strip().splitlines()
+                    if p.returncode != 0 or not lines:
+                        raise RuntimeError((p.stderr.strip().splitlines() or
+                                            ["rc=%d" % p.returncode])[-1])
+                    res = json.loads(lines[-1])
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                    errors[l] = str(e)
+                    print("  %s run %d %s: FAILED: %s" % (name, run, l, e),
+                          file=sys.stderr)
+                    continue
+                results[l].append(res)
+                extra = ""
+                if w.kind == "echo":
+                    extra = "  %.1f us CPU/req, server busy %.0f%%" % (
+                        res["cpu_us_per_req"] or 0, (res["server_busy"] or 0) * 100)
+                print("  %-24s run %d %-8s %10s %s%s" % (
+                    name, run, l, fmt(res["value"]), w.metric, extra),
+                    file=sys.stderr)
+                if jf:
+                    rec = {"workload": name, "loop": l, "run": run,
+                           "metric": w.metric, "repeat": repeat,
+                           "warmup": warm, "duration": dur,
+                           "python": platform.python_version(),
+                           "loop_version": versions[l], "time": time.time()}
+                    rec.update(res)
+                    jf.write(json.dumps(rec) + "\n")
+                    jf.flush()
+
+        def summarize(key):
+            med, spread = {}, None
+            for l in usable:
+                vals = [r[key] for r in results[l] if r.get(key) is not None]
+                if not vals:
+                    continue
+                m = statistics.median(vals)
+                med[l] = m
+                if len(vals) > 1 and m:
+                    s = (max(vals) - min(vals)) / m
+                    spread = s if spread is None else max(spread, s)
+            return med, spread
+
+        med, spread = summarize("value")
+        rows.append({"workload": name, "metric": w.metric, "medians": med,
+                     "spread": spread, "errors": errors})
+        if w.kind == "echo":
+            med, spread = summarize("cpu_us_per_req")
+            rows.append({"workload": name, "metric": "server us CPU/req (lower=better)",
+                         "medians": med, "spread": spread, "errors": errors})
+    if jf:
+        jf.close()
+
+    print()
+    print("%d run(s) per loop, medians; spread = worst (max-min)/median over the "
+          "loops; %.0f s in all" % (repeat, time.time() - t_start))
+    print_table(rows, usable)
+    for n in notes:
+        print(n)
+    failed = [(r["workload"], l, e) for r in rows for l, e in r["errors"].items()]
+    for wname, l, e in dict(((a, b), (a, b, c)) for a, b, c in failed).values():
+        print("note: %s on %s failed at least once: %s" % (wname, l, e))
+    return 1 if failed else 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        description="asyncio vs uvloop vs unixloop, side by side",
+        epilog="workloads: " + " ".join(
+            n + ("" if w.default else "*") for n, w in WORKLOADS.items())
+        + "   (* = only with --all or --only)")
+    ap.add_argument("--loop", default=",".join(ALL_LOOPS),
+                    help="comma-separated loops (default: %(default)s)")
+    ap.add_argument("--only", metavar="GLOB",
+                    help="run only workloads matching GLOB (comma-separated globs)")
+    ap.add_argument("--all", action="store_true",
+                    help="also run the extra workloads (echo_proto_*, echo_streams_*)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per loop (default 5; 1 with --quick)")
+    ap.add_argument("--json", metavar="FILE", help="append one JSON line per run")
+    ap.add_argument("--quick", action="store_true", help="short runs: a smoke test")
+    ap.add_argument("--duration", type=float, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds per run")
+    ap.add_argument("--python", help="interpreter for the runs (default: this one)")
+    ap.add_argument("--echo-client", help="echo client binary "
+                    "(default: bench/build/echo_client, built if missing)")
+    ap.add_argument("--list", action="store_true", help="list the workloads")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.list:
+        for n, w in WORKLOADS.items():
+            print("%-26s %-12s %s" % (n, w.metric, "" if w.default else "(extra)"))
+        return 0
+    if args.worker:
+        if args.worker not in WORKLOADS:
+            sys.exit("unknown workload %r" % args.worker)
+        worker(args)
+        return 0
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
