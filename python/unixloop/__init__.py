@@ -16,6 +16,7 @@ also derives from (transports, servers, pipes, subprocesses, signals), running
 on top of the C core.
 """
 import asyncio
+import selectors
 import sys
 import threading
 import weakref
@@ -27,6 +28,28 @@ __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run')
 __version__ = _core.libunixloop_version
 
 
+class _SelectorView:
+    """What asyncio's code reads of loop._selector (transport reprs ask
+    whether an fd is polled), answered from the C core's fd tables."""
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj):
+        fd = selectors._fileobj_to_fd(fileobj)
+        loop = self._loop()
+        reader = loop._readers.get(fd) if loop is not None else None
+        writer = loop._writers.get(fd) if loop is not None else None
+        events = ((selectors.EVENT_READ if reader is not None else 0) |
+                  (selectors.EVENT_WRITE if writer is not None else 0))
+        if not events:
+            raise KeyError(f'{fileobj!r} is not registered')
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
+
+    def close(self):
+        pass
+
+
 class Loop(_core.Loop, unix_events.SelectorEventLoop):
     """An asyncio event loop whose core is libunixloop."""
 
@@ -34,7 +57,7 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         # The selector loop's own __init__ would create a selector: the C
         # core replaces it.  The rest of its state is kept as asyncio has it.
         base_events.BaseEventLoop.__init__(self)
-        self._selector = None
+        self._selector = _SelectorView(self)
         self._transports = weakref.WeakValueDictionary()
         self._signal_handlers = {}
         # asyncio's self-pipe only carries signal numbers here (the C core
