@@ -50,9 +50,9 @@
 const char *ul_strerror(int err) {
   if (err == 0)
     return "success";
-  switch (-err) {
+  switch (err) {
 #define XX(code, text) \
-  case code:           \
+  case -code:          \
     return text;
     UL_ERRNO_MAP(XX)
 #undef XX

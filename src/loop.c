@@ -53,12 +53,15 @@ static void wake_fd_read(ul_loop *loop, int fd, int events, void *arg) {
   ssize_t r;
   (void)events;
   (void)arg;
-  /* Reset the flag before draining, so a call_soon_threadsafe racing with
-   * us either lands in the collection below or writes the eventfd again. */
-  atomic_store(&loop->ts_wake_pending, 0);
+  /* Drain first, then reset the flag, then collect.  A thread that finds
+   * the flag still set skipped its write, but pushed its entry before our
+   * reset, so the collection below sees it; one that finds it clear writes
+   * the eventfd again.  (Resetting before draining would let the drain
+   * swallow such a write while the flag stays set: a lost wake-up.) */
   do
     r = read(fd, &count, sizeof count);
   while (r == -1 && errno == EINTR);
+  atomic_store(&loop->ts_wake_pending, 0);
   ul__collect_threadsafe(loop);
 }
 
