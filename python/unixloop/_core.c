@@ -40,6 +40,13 @@ typedef struct {
   PyObject *str_call_exception_handler;
   PyObject *str_check_thread;
   PyObject *str_check_callback;
+  PyObject *tasks_module;     /* asyncio.tasks, looked up per call as asyncio
+                                 does, so patching tasks.Task works */
+  PyObject *futures_module;
+  PyObject *str_Task;
+  PyObject *str_Future;
+  PyObject *kw_loop;          /* ("loop",) */
+  PyObject *kw_task;          /* ("loop", "name", "context") */
 } core_state;
 
 static struct PyModuleDef core_module;
@@ -102,6 +109,7 @@ struct LoopObj {
   int debug;
   int stopping;
   int failed;              /* a callback raised SystemExit/KeyboardInterrupt */
+  PyObject *task_factory;  /* asyncio's loop._task_factory */
   double slow_callback_duration;
 };
 
@@ -662,6 +670,103 @@ static PyObject *Loop_time(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
   return PyFloat_FromDouble(ul_loop_time(self->ul));
 }
 
+/* ---- Loop: futures and tasks --------------------------------------------- */
+
+static int import_asyncio_modules(core_state *st) {
+  if (st->tasks_module == NULL) {
+    st->tasks_module = PyImport_ImportModule("asyncio.tasks");
+    if (st->tasks_module == NULL)
+      return -1;
+  }
+  if (st->futures_module == NULL) {
+    st->futures_module = PyImport_ImportModule("asyncio.futures");
+    if (st->futures_module == NULL)
+      return -1;
+  }
+  return 0;
+}
+
+/* asyncio's create_future: futures.Future(loop=self). */
+static PyObject *Loop_create_future(LoopObj *self,
+                                    PyObject *Py_UNUSED(ignored)) {
+  core_state *st = self->st;
+  if (import_asyncio_modules(st) < 0)
+    return NULL;
+  PyObject *cls = PyObject_GetAttr(st->futures_module, st->str_Future);
+  if (cls == NULL)
+    return NULL;
+  PyObject *args[2] = {NULL, (PyObject *)self};
+  PyObject *fut = PyObject_Vectorcall(
+      cls, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_loop);
+  Py_DECREF(cls);
+  return fut;
+}
+
+/* asyncio's create_task(coro, *, name=None, context=None).  The common case
+ * (no task factory) is done here; a task factory goes through the Python
+ * helper, which is asyncio's own code. */
+static PyObject *Loop_create_task(LoopObj *self, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames) {
+  core_state *st = self->st;
+  PyObject *coro = NULL, *name = Py_None, *context = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  if (nargs == 1)
+    coro = args[0];
+  for (Py_ssize_t i = 0; i < nkw; i++) {
+    PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+    if (PyUnicode_CompareWithASCIIString(key, "name") == 0)
+      name = args[nargs + i];
+    else if (PyUnicode_CompareWithASCIIString(key, "context") == 0)
+      context = args[nargs + i];
+    else if (PyUnicode_CompareWithASCIIString(key, "coro") == 0 && !coro)
+      coro = args[nargs + i];
+    else {
+      PyErr_Format(PyExc_TypeError,
+                   "create_task() got an unexpected keyword argument '%S'",
+                   key);
+      return NULL;
+    }
+  }
+  if (coro == NULL || nargs > 1) {
+    PyErr_SetString(PyExc_TypeError,
+                    "create_task() takes exactly one positional argument");
+    return NULL;
+  }
+  if (check_closed(self) < 0)
+    return NULL;
+  if (self->task_factory != NULL && self->task_factory != Py_None) {
+    PyObject *f = helper(st, "create_task_with_factory");
+    return f ? PyObject_CallFunctionObjArgs(f, (PyObject *)self, coro, name,
+                                            context, NULL)
+             : NULL;
+  }
+  if (import_asyncio_modules(st) < 0)
+    return NULL;
+  PyObject *cls = PyObject_GetAttr(st->tasks_module, st->str_Task);
+  if (cls == NULL)
+    return NULL;
+  /* Task(coro, loop=self, name=name, context=context).  In debug mode the
+   * task's source traceback ends at our caller: this create_task has no
+   * Python frame for asyncio's `del task._source_traceback[-1]` to drop. */
+  PyObject *stack[5] = {NULL, coro, (PyObject *)self, name, context};
+  PyObject *task = PyObject_Vectorcall(
+      cls, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_task);
+  Py_DECREF(cls);
+  return task;
+}
+
+static PyObject *Loop_get_task_factory_attr(LoopObj *self, void *c) {
+  (void)c;
+  return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+}
+
+static int Loop_set_task_factory_attr(LoopObj *self, PyObject *v, void *c) {
+  (void)c;
+  Py_XINCREF(v);
+  Py_XSETREF(self->task_factory, v);
+  return 0;
+}
+
 /* ---- Loop: fd watchers ----------------------------------------------------- */
 
 /* An int from a Python int; -1 with an exception set on overflow. */
@@ -1065,6 +1170,7 @@ static int Loop_traverse(LoopObj *self, visitproc visit, void *arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->readers);
   Py_VISIT(self->writers);
+  Py_VISIT(self->task_factory);
   return 0;
 }
 
@@ -1078,6 +1184,7 @@ static int Loop_clear(LoopObj *self) {
   }
   Py_CLEAR(self->readers);
   Py_CLEAR(self->writers);
+  Py_CLEAR(self->task_factory);
   return 0;
 }
 
@@ -1102,6 +1209,9 @@ static PyMethodDef Loop_methods[] = {
     {"call_at", (PyCFunction)(void (*)(void))Loop_call_at,
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"time", (PyCFunction)Loop_time, METH_NOARGS, NULL},
+    {"create_future", (PyCFunction)Loop_create_future, METH_NOARGS, NULL},
+    {"create_task", (PyCFunction)(void (*)(void))Loop_create_task,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
     {"_add_reader", (PyCFunction)(void (*)(void))Loop_add_reader,
      METH_FASTCALL, NULL},
     {"_add_writer", (PyCFunction)(void (*)(void))Loop_add_writer,
@@ -1126,6 +1236,8 @@ static PyGetSetDef Loop_getset[] = {
     {"slow_callback_duration", (getter)Loop_get_slow, (setter)Loop_set_slow,
      NULL, NULL},
     {"_readers", (getter)Loop_get_readers, NULL, NULL, NULL},
+    {"_task_factory", (getter)Loop_get_task_factory_attr,
+     (setter)Loop_set_task_factory_attr, NULL, NULL},
     {"_writers", (getter)Loop_get_writers, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
@@ -1170,8 +1282,21 @@ static int core_exec(PyObject *mod) {
       PyUnicode_InternFromString("call_exception_handler");
   st->str_check_thread = PyUnicode_InternFromString("_check_thread");
   st->str_check_callback = PyUnicode_InternFromString("_check_callback");
+  st->str_Task = PyUnicode_InternFromString("Task");
+  st->str_Future = PyUnicode_InternFromString("Future");
+  PyObject *loop_str = PyUnicode_InternFromString("loop");
+  PyObject *name_str = PyUnicode_InternFromString("name");
+  PyObject *context_str = PyUnicode_InternFromString("context");
+  st->kw_loop = loop_str ? PyTuple_Pack(1, loop_str) : NULL;
+  st->kw_task = loop_str && name_str && context_str
+                    ? PyTuple_Pack(3, loop_str, name_str, context_str)
+                    : NULL;
+  Py_XDECREF(loop_str);
+  Py_XDECREF(name_str);
+  Py_XDECREF(context_str);
   if (!st->str_call_exception_handler || !st->str_check_thread ||
-      !st->str_check_callback)
+      !st->str_check_callback || !st->str_Task || !st->str_Future ||
+      !st->kw_loop || !st->kw_task)
     return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
@@ -1189,6 +1314,8 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->TimerHandleType);
   Py_VISIT(st->LoopType);
   Py_VISIT(st->helpers);
+  Py_VISIT(st->tasks_module);
+  Py_VISIT(st->futures_module);
   return 0;
 }
 
@@ -1201,6 +1328,12 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);
   Py_CLEAR(st->str_check_callback);
+  Py_CLEAR(st->tasks_module);
+  Py_CLEAR(st->futures_module);
+  Py_CLEAR(st->str_Task);
+  Py_CLEAR(st->str_Future);
+  Py_CLEAR(st->kw_loop);
+  Py_CLEAR(st->kw_task);
   return 0;
 }
 

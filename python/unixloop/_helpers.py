@@ -45,3 +45,16 @@ def extract_stack():
 def warn_slow_callback(handle, seconds):
     logger.warning('Executing %s took %.3f seconds',
                    base_events._format_handle(handle), seconds)
+
+
+def create_task_with_factory(loop, coro, name, context):
+    """asyncio's create_task() when a task factory is set."""
+    from asyncio import tasks
+    if context is None:
+        # The legacy factory signature, when no context is needed.
+        task = loop._task_factory(loop, coro)
+    else:
+        task = loop._task_factory(loop, coro, context=context)
+    tasks._set_task_name(task, name)
+    return task
+
