@@ -104,6 +104,10 @@ typedef void (*ul_io_cb)(ul_loop *loop, int fd, int events, void *arg);
 typedef void (*ul_error_cb)(ul_loop *loop, int err, const char *message,
                             void *arg);
 
+/* Visits one queued callback (see ul_loop_walk_pending).  A non-zero
+ * return stops the walk. */
+typedef int (*ul_walk_cb)(ul_cb cb, void *arg, void *ctx);
+
 /* Poll hooks (see ul_loop_set_poll_hooks). */
 typedef void (*ul_before_poll_cb)(ul_loop *loop, int timeout_ms, void *arg);
 typedef int (*ul_after_poll_cb)(ul_loop *loop, int poll_err, void *arg);
@@ -185,6 +189,15 @@ UL_EXTERN size_t ul_loop_timer_count(const ul_loop *loop);
 
 /* The deadline of the earliest pending timer, or a negative value if none. */
 UL_EXTERN double ul_loop_next_deadline(ul_loop *loop);
+
+/* Calls `visit(cb, arg, ctx)` for every callback the loop will still call:
+ * the ready queue, pending timers (not cancelled ones) and what other
+ * threads queued.  For bindings whose garbage collector must see the
+ * references the loop holds.  The visitor must not change the loop.
+ * Returns 0, or the first non-zero value `visit` returned.
+ * Errors: -EINVAL (NULL loop or visit). */
+UL_EXTERN int ul_loop_walk_pending(ul_loop *loop, ul_walk_cb visit,
+                                   void *ctx);
 
 /* Sets the error handler; NULL restores the default (print to stderr).
  * Errors: -EINVAL (NULL loop). */

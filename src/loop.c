@@ -246,6 +246,35 @@ size_t ul_loop_ready_count(const ul_loop *loop) {
   return n;
 }
 
+static int walk_ring(const ul__ring *ring, ul_walk_cb visit, void *ctx) {
+  for (size_t i = 0; i < ring->len; i++) {
+    const ul__entry *e = &ring->buf[(ring->head + i) & (ring->cap - 1)];
+    if (e->timer != NULL && e->timer->state == UL__TIMER_CANCELLED)
+      continue;
+    int r = visit(e->cb, e->arg, ctx);
+    if (r)
+      return r;
+  }
+  return 0;
+}
+
+int ul_loop_walk_pending(ul_loop *loop, ul_walk_cb visit, void *ctx) {
+  if (loop == NULL || visit == NULL)
+    return -EINVAL;
+  int r = walk_ring(&loop->ready, visit, ctx);
+  for (size_t i = 0; r == 0 && i < loop->timers.len; i++) {
+    ul_timer *t = loop->timers.items[i].timer;
+    if (t->state != UL__TIMER_CANCELLED)
+      r = visit(t->cb, t->arg, ctx);
+  }
+  if (r == 0) {
+    pthread_mutex_lock(&loop->ts_lock);
+    r = walk_ring(&loop->ts_queue, visit, ctx);
+    pthread_mutex_unlock(&loop->ts_lock);
+  }
+  return r;
+}
+
 /* ---- running -------------------------------------------------------------- */
 
 static int poll_timeout_ms(ul_loop *loop, int may_block) {

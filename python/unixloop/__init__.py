@@ -133,5 +133,9 @@ def install():
 
 def run(main, *, debug=None):
     """Run a coroutine on a new unixloop loop, as asyncio.run() does."""
+    if events._get_running_loop() is not None:
+        # The check asyncio.run() makes, before anything is created.
+        raise RuntimeError(
+            "unixloop.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
         return runner.run(main)

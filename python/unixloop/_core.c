@@ -662,8 +662,9 @@ static PyObject *Loop_call_later(LoopObj *self, PyObject *const *args,
   double delay = PyFloat_AsDouble(args[0]);
   if (delay == -1.0 && PyErr_Occurred())
     return NULL;
+  /* "call_at" in messages: asyncio's call_later goes through call_at. */
   return schedule_at(self, ul_loop_time(self->ul) + delay, args + 1,
-                     nargs - 1, context, "call_later");
+                     nargs - 1, context, "call_at");
 }
 
 static PyObject *Loop_time(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
@@ -775,7 +776,8 @@ static int long_as_fd(PyObject *v) {
   if (l == -1 && PyErr_Occurred())
     return -1;
   if (l < INT_MIN || l > INT_MAX) {
-    PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", l);
+    PyErr_SetString(PyExc_OverflowError,
+                    "Python int too large to convert to C int");
     return -1;
   }
   return (int)l;
@@ -1166,8 +1168,29 @@ static PyObject *Loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   return (PyObject *)self;
 }
 
+typedef struct {
+  visitproc visit;
+  void *arg;
+} traverse_ctx;
+
+/* Every callback this binding queues is a Handle run by handle_ready_cb. */
+static int traverse_pending(ul_cb cb, void *arg, void *ctx) {
+  traverse_ctx *t = ctx;
+  if (cb != handle_ready_cb)
+    return 0;
+  return t->visit((PyObject *)arg, t->arg);
+}
+
 static int Loop_traverse(LoopObj *self, visitproc visit, void *arg) {
   Py_VISIT(Py_TYPE(self));
+  /* The ready queue and the timers own references too: without them an
+   * unclosed loop with work pending would never be collected. */
+  if (self->ul != NULL) {
+    traverse_ctx t = {visit, arg};
+    int r = ul_loop_walk_pending(self->ul, traverse_pending, &t);
+    if (r)
+      return r;
+  }
   Py_VISIT(self->readers);
   Py_VISIT(self->writers);
   Py_VISIT(self->task_factory);

@@ -275,3 +275,70 @@ TEST_IMPL(callback_many_queued) {
   CLOSE_LOOP(loop);
   return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+
+static void walk_target_cb(ul_loop *loop, void *arg, int status) {
+  (void)loop;
+  (void)arg;
+  (void)status;
+}
+
+static void walk_thread_cb(ul_loop *loop, void *arg, int status) {
+  (void)loop;
+  (void)arg;
+  (void)status;
+}
+
+static int walk_seen[8];
+
+static int walk_visit(ul_cb cb, void *arg, void *ctx) {
+  int *count = ctx;
+  intptr_t i = (intptr_t)arg;
+  ASSERT_NE(0, cb == walk_target_cb || cb == walk_thread_cb);
+  ASSERT_GE(i, 0);
+  ASSERT_LT(i, 8);
+  walk_seen[i]++;
+  (*count)++;
+  return 0;
+}
+
+static int walk_stop_early(ul_cb cb, void *arg, void *ctx) {
+  (void)cb;
+  (void)arg;
+  (*(int *)ctx)++;
+  return 42;
+}
+
+/* ul_loop_walk_pending sees queued callbacks, pending timers and
+ * threadsafe calls, skips cancelled timers, and stops on non-zero. */
+TEST_IMPL(callback_walk_pending) {
+  ul_loop *loop = test_loop_new();
+  ul_timer *cancelled;
+  int count = 0;
+
+  memset(walk_seen, 0, sizeof walk_seen);
+  ASSERT_OK(ul_loop_call_soon(loop, walk_target_cb, (void *)0));
+  ASSERT_OK(ul_loop_call_soon(loop, walk_target_cb, (void *)1));
+  ASSERT_OK(ul_loop_call_later(loop, 10.0, walk_target_cb, (void *)2, NULL));
+  ASSERT_OK(ul_loop_call_later(loop, 10.0, walk_target_cb, (void *)3,
+                               &cancelled));
+  ASSERT_OK(ul_timer_cancel(cancelled));
+  ASSERT_OK(ul_loop_call_soon_threadsafe(loop, walk_thread_cb, (void *)4));
+
+  ASSERT_OK(ul_loop_walk_pending(loop, walk_visit, &count));
+  ASSERT_EQ(4, count);
+  ASSERT_EQ(1, walk_seen[0]);
+  ASSERT_EQ(1, walk_seen[1]);
+  ASSERT_EQ(1, walk_seen[2]);
+  ASSERT_EQ(0, walk_seen[3]);
+  ASSERT_EQ(1, walk_seen[4]);
+
+  count = 0;
+  ASSERT_EQ(42, ul_loop_walk_pending(loop, walk_stop_early, &count));
+  ASSERT_EQ(1, count);
+  ASSERT_EQ(-EINVAL, ul_loop_walk_pending(NULL, walk_visit, &count));
+  ASSERT_EQ(-EINVAL, ul_loop_walk_pending(loop, NULL, &count));
+  CLOSE_LOOP(loop);
+  return 0;
+}

@@ -37,6 +37,7 @@ TEST_DECLARE(callback_arg_and_status)
 TEST_DECLARE(callback_ready_count)
 TEST_DECLARE(callback_long_chain)
 TEST_DECLARE(callback_many_queued)
+TEST_DECLARE(callback_walk_pending)
 
 /* test-timers.c */
 TEST_DECLARE(timer_order_by_deadline)
@@ -130,6 +131,7 @@ TASK_LIST_START
   TEST_ENTRY(callback_ready_count)
   TEST_ENTRY(callback_long_chain)
   TEST_ENTRY(callback_many_queued)
+  TEST_ENTRY(callback_walk_pending)
   /* test-timers.c */
   TEST_ENTRY(timer_order_by_deadline)
   TEST_ENTRY(timer_call_at_order)

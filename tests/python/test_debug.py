@@ -180,9 +180,6 @@ def test_coroutine_function_rejected_in_debug(aloop, method):
         assert str(ei.value) == f'coroutines cannot be used with {expected}()'
 
 
-@pytest.mark.xfail(reason="unixloop's call_later names call_later() in the "
-                   "debug-mode TypeError; asyncio's names call_at()",
-                   strict=True)
 def test_call_later_coroutine_message_like_asyncio(loop):
     loop.set_debug(True)
     with pytest.raises(TypeError) as ei:

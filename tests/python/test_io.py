@@ -241,8 +241,6 @@ def test_fileno_returning_negative(aloop):
         aloop.add_reader(FileLike(-1), lambda: None)
 
 
-@pytest.mark.xfail(reason='unixloop raises ValueError for an fd beyond C int, '
-                   'asyncio raises OverflowError', strict=True)
 def test_huge_fd_same_exception_as_asyncio(loop, no_fd_leak):
     ref = asyncio.SelectorEventLoop()
     try:

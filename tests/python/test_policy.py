@@ -50,11 +50,6 @@ def test_run_rejects_non_coroutine(no_fd_leak):
 
 
 @pytest.mark.filterwarnings('ignore::RuntimeWarning')
-@pytest.mark.xfail(reason='unixloop.run() does not check for a running loop '
-                   'before entering asyncio.Runner (asyncio.run() does): the '
-                   'error is "Cannot run the event loop while another loop is '
-                   'running" from Runner.close(), and a shutdown_asyncgens() '
-                   'coroutine is never awaited', strict=True)
 def test_run_inside_running_loop(no_fd_leak):
     async def inner():
         return 1

@@ -292,10 +292,6 @@ def test_unclosed_loops_garbage_collected_no_fd_leak(no_fd_leak):
     assert _unclosed_loops(pending=False) == (0, 0, True)
 
 
-@pytest.mark.xfail(reason='an unclosed unixloop loop with queued callbacks or '
-                   'timers is never collected (the C queue holds handles that '
-                   'reference the loop; Loop_traverse does not visit them): '
-                   'its fds leak', strict=True)
 def test_unclosed_loops_with_pending_callbacks_collected():
     # No no_fd_leak fixture here: this test measures the leak itself.
     assert _unclosed_loops(pending=True) == (0, 0, True)
