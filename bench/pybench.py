@@ -229,10 +229,58 @@ def wl_tasks(loop, seconds):
     return count, time.perf_counter() - t0
 
 
+def wl_signal(loop, seconds):
+    """Signal round trips: os.kill(own pid, SIGUSR1) -> the loop's
+    add_signal_handler callback sets a future -> the awaiting task resumes;
+    counts the round trips and records each one's latency."""
+    import signal
+
+    latencies = []
+
+    async def main():
+        count = 0
+        state = {}
+
+        def on_signal():
+            fut = state.get("fut")
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+        loop.add_signal_handler(signal.SIGUSR1, on_signal)
+        try:
+            deadline = time.perf_counter() + seconds
+            kill, pid, perf = os.kill, os.getpid(), time.perf_counter
+            while perf() < deadline:
+                for _ in range(100):
+                    fut = state["fut"] = loop.create_future()
+                    t0 = perf()
+                    kill(pid, signal.SIGUSR1)
+                    await fut
+                    latencies.append(perf() - t0)
+                count += 100
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        return count
+
+    t0 = time.perf_counter()
+    count = loop.run_until_complete(main())
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    extra = {
+        "p50_us": latencies[len(latencies) // 2] * 1e6,
+        "p99_us": latencies[min(len(latencies) - 1,
+                                int(len(latencies) * 0.99))] * 1e6,
+    }
+    return count, elapsed, extra
+
+
 def run_micro(func, loop, warmup, duration):
     func(loop, warmup)
-    count, elapsed = func(loop, duration)
-    return {"count": count, "seconds": elapsed, "value": count / elapsed}
+    count, elapsed, *extra = func(loop, duration)
+    res = {"count": count, "seconds": elapsed, "value": count / elapsed}
+    if extra:
+        res.update(extra[0])
+    return res
 
 
 # --------------------------------------------------------------------------
@@ -410,6 +458,7 @@ def _workloads():
         Workload("sleep0", "yields/s", "micro", func=wl_sleep0),
         Workload("future_roundtrip", "awaits/s", "micro", func=wl_future_roundtrip),
         Workload("tasks", "tasks/s", "micro", func=wl_tasks),
+        Workload("signal", "roundtrips/s", "micro", func=wl_signal),
     ]
     sizes = (("1k", 1024), ("10k", 10240), ("100k", 102400))
     for api, default in (("sock", True), ("proto", False), ("streams", False)):
@@ -610,6 +659,9 @@ def driver(args):
                 if w.kind == "echo":
                     extra = "  %.1f us CPU/req, server busy %.0f%%" % (
                         res["cpu_us_per_req"] or 0, (res["server_busy"] or 0) * 100)
+                elif "p50_us" in res:
+                    extra = "  p50 %.1f us, p99 %.1f us" % (res["p50_us"],
+                                                           res["p99_us"])
                 print("  %-24s run %d %-8s %10s %s%s" % (
                     name, run, l, fmt(res["value"]), w.metric, extra),
                     file=sys.stderr)
@@ -643,6 +695,13 @@ def driver(args):
             med, spread = summarize("cpu_us_per_req")
             rows.append({"workload": name, "metric": "server us CPU/req (lower=better)",
                          "medians": med, "spread": spread, "errors": errors})
+        for key, label in (("p50_us", "latency p50 us (lower=better)"),
+                           ("p99_us", "latency p99 us (lower=better)")):
+            med, spread = summarize(key)
+            if med:
+                rows.append({"workload": name, "metric": label,
+                             "medians": med, "spread": spread,
+                             "errors": errors})
     if jf:
         jf.close()
 

@@ -104,6 +104,11 @@ typedef void (*ul_io_cb)(ul_loop *loop, int fd, int events, void *arg);
 typedef void (*ul_error_cb)(ul_loop *loop, int err, const char *message,
                             void *arg);
 
+/* A signal handler callback: runs on the loop, in the I/O phase of an
+ * iteration, some time after `signum` was delivered.  Deliveries of the same
+ * signal that arrive before it runs are coalesced into one call. */
+typedef void (*ul_signal_cb)(ul_loop *loop, int signum, void *arg);
+
 /* Visits one queued callback (see ul_loop_walk_pending).  A non-zero
  * return stops the walk. */
 typedef int (*ul_walk_cb)(ul_cb cb, void *arg, void *ctx);
@@ -268,6 +273,45 @@ UL_EXTERN int ul_timer_cancel(ul_timer *timer);
 
 /* The deadline of a timer (ul_loop_time() base). */
 UL_EXTERN double ul_timer_when(const ul_timer *timer);
+
+/* ------------------------------------------------------------------------ */
+/* Signals                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* How libunixloop shares the process's signal dispositions:
+ *
+ *   - The first loop that asks for a signal makes libunixloop its owner: it
+ *     saves the current disposition (sigaction) and installs its own handler
+ *     with SA_RESTART and every signal blocked while it runs.  The handler
+ *     only records the signal in each interested loop (an atomic counter)
+ *     and wakes that loop through its eventfd; it saves and restores errno.
+ *   - Any number of loops, in any threads, may handle the same signal: every
+ *     delivery reaches all of them.
+ *   - When the last loop removes its handler for a signal (or closes), the
+ *     saved disposition is put back: SIG_DFL for a process that had none,
+ *     or whatever handler other code had installed before.
+ *   - Code that changes a signal's disposition while libunixloop owns it
+ *     takes it away from libunixloop; it is not restored later.
+ *   - Python: the unixloop package does not use these functions.  CPython's
+ *     signal module owns every disposition in a Python process (so that
+ *     signal.getsignal() stays true); unixloop reads the signal numbers that
+ *     signal.set_wakeup_fd() writes, as asyncio does.
+ */
+
+/* Makes `cb(loop, signum, arg)` run on the loop whenever `signum` is
+ * delivered to the process.  Adding again for the same signal replaces the
+ * callback and arg.  Nothing is installed when it fails.
+ * Errors: -EINVAL (NULL loop or cb, signum outside 1..NSIG-1), -EPERM
+ * (SIGKILL or SIGSTOP: they cannot be caught), -ESHUTDOWN (the loop is
+ * being closed), or the error of sigaction(). */
+UL_EXTERN int ul_loop_add_signal_handler(ul_loop *loop, int signum,
+                                         ul_signal_cb cb, void *arg);
+
+/* Removes the loop's handler for `signum`.  Returns 1 if there was one, 0 if
+ * not; the callback is not called after this returns, even for a signal
+ * already delivered.  ul_loop_close() removes every handler of the loop.
+ * Errors: -EINVAL (NULL loop, signum out of range). */
+UL_EXTERN int ul_loop_remove_signal_handler(ul_loop *loop, int signum);
 
 /* ------------------------------------------------------------------------ */
 /* fd watchers                                                              */

@@ -97,6 +97,27 @@ void ul__collect_threadsafe(ul_loop *loop);
 void ul__io_dispatch(ul_loop *loop, int fd, unsigned revents);
 void ul__io_destroy(ul_loop *loop);
 
+/* ---- signals (signal.c) --------------------------------------------------- */
+
+#define UL__NSIG 65   /* Linux: signals 1..64 */
+
+typedef struct ul__signode {
+  ul_loop *loop;
+  _Atomic(struct ul__signode *) next;
+} ul__signode;
+
+/* A loop's signal state, allocated when it first adds a handler. */
+typedef struct ul__signals {
+  ul_signal_cb cb[UL__NSIG];
+  void *arg[UL__NSIG];
+  atomic_uint pending[UL__NSIG];  /* deliveries not yet dispatched */
+  atomic_int any;                 /* some pending[] may be non-zero */
+  ul__signode nodes[UL__NSIG];    /* this loop's place in each list */
+} ul__signals;
+
+void ul__signals_dispatch(ul_loop *loop);
+void ul__signals_close(ul_loop *loop);
+
 /* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
 
 typedef struct ul__backend {
@@ -145,6 +166,8 @@ struct ul_loop {
   int closing;
   int break_err;
   double clock_resolution;
+
+  ul__signals *signals;  /* NULL until the first signal handler */
 
   ul_error_cb error_cb;
   void *error_arg;

@@ -198,6 +198,9 @@ int ul_loop_close(ul_loop *loop) {
   if (loop->running)
     return -EBUSY;
 
+  /* First, so that no signal handler touches the loop from here on. */
+  ul__signals_close(loop);
+
   pthread_mutex_lock(&loop->ts_lock);
   loop->closing = 1;
   pthread_mutex_unlock(&loop->ts_lock);
@@ -331,6 +334,9 @@ static int poll_io(ul_loop *loop, int timeout) {
   } else {
     loop->backend->dispatch(loop);
   }
+  if (loop->signals != NULL &&
+      atomic_load_explicit(&loop->signals->any, memory_order_relaxed))
+    ul__signals_dispatch(loop);
   return 0;
 }
 

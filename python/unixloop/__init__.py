@@ -68,9 +68,19 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         self._internal_fds = 1  # the C core's wake-up eventfd
 
     def add_signal_handler(self, sig, callback, *args):
+        """Add a handler for a signal, as asyncio's (same checks, same
+        errors); the handler is a C Handle that the self-pipe's C reader
+        queues directly."""
         if self._ssock is None and not self.is_closed():
             self._make_self_pipe()
-        return super().add_signal_handler(sig, callback, *args)
+        super().add_signal_handler(sig, callback, *args)
+        self._signal_handlers[sig] = self._make_handle(callback, *args)
+
+    def _make_self_pipe(self):
+        super()._make_self_pipe()
+        # Replace asyncio's Python reader with the C one.
+        self._add_reader(self._ssock.fileno(), self._read_signals,
+                         self._ssock.fileno(), self._signal_handlers)
 
     def _close_self_pipe(self):
         if self._ssock is not None:

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <sys/socket.h>
 
 #include "unixloop.h"
 
@@ -951,6 +952,94 @@ static PyObject *Loop_remove_writer(LoopObj *self, PyObject *fd) {
   return remove_watcher(self, fd, 0);
 }
 
+/* ---- Loop: signals ---------------------------------------------------------
+ *
+ * CPython's signal module owns the dispositions (see unixloop.h): asyncio's
+ * add_signal_handler() installs a no-op Python handler and points
+ * signal.set_wakeup_fd() at the loop's self-pipe, where the C-level handler
+ * writes each signal number.  The reading side is here: it turns those
+ * bytes into the registered Handles without a Python frame.
+ */
+
+/* A Handle that is not scheduled (for signal handlers). */
+static PyObject *Loop_make_handle(LoopObj *self, PyObject *const *args,
+                                  Py_ssize_t nargs) {
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "_make_handle() needs a callback");
+    return NULL;
+  }
+  return (PyObject *)handle_new(self, self->st->HandleType, args[0],
+                                args + 1, nargs - 1, NULL);
+}
+
+/* Queues an existing Handle, as asyncio's _add_callback. */
+static int queue_handle(LoopObj *self, HandleObj *h) {
+  Py_INCREF(h);
+  int err = ul_loop_call_soon(self->ul, handle_ready_cb, h);
+  if (err < 0) {
+    Py_DECREF(h);
+    raise_errno(err);
+    return -1;
+  }
+  return 0;
+}
+
+static int dispatch_signal(LoopObj *self, PyObject *handlers, int signum) {
+  PyObject *key = PyLong_FromLong(signum);
+  if (key == NULL)
+    return -1;
+  PyObject *h = PyDict_GetItemWithError(handlers, key);
+  Py_XINCREF(h);
+  int rc = 0;
+  if (h == NULL) {
+    rc = PyErr_Occurred() ? -1 : 0; /* a race with removal: ignore */
+  } else if (Py_TYPE(h) != self->st->HandleType) {
+    /* Not one of ours: asyncio's own path. */
+    PyObject *r = PyObject_CallMethod((PyObject *)self, "_handle_signal",
+                                      "O", key);
+    rc = r ? 0 : -1;
+    Py_XDECREF(r);
+  } else if (((HandleObj *)h)->cancelled) {
+    PyObject *r = PyObject_CallMethod((PyObject *)self,
+                                      "remove_signal_handler", "O", key);
+    rc = r ? 0 : -1;
+    Py_XDECREF(r);
+  } else {
+    rc = queue_handle(self, (HandleObj *)h);
+  }
+  Py_XDECREF(h);
+  Py_DECREF(key);
+  return rc;
+}
+
+/* The self-pipe's reader: _read_signals(fd, handlers). */
+static PyObject *Loop_read_signals(LoopObj *self, PyObject *const *args,
+                                   Py_ssize_t nargs) {
+  if (nargs != 2 || !PyDict_Check(args[1])) {
+    PyErr_SetString(PyExc_TypeError, "_read_signals(fd, handlers)");
+    return NULL;
+  }
+  int fd = fileobj_to_fd(args[0]);
+  if (fd < 0)
+    return NULL;
+  if (check_closed(self) < 0)
+    return NULL;
+  unsigned char buf[4096];
+  for (;;) {
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n == -1 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break; /* EAGAIN: drained; other errors: as asyncio, ignore */
+    for (ssize_t i = 0; i < n; i++) {
+      /* Zero bytes are plain wake-ups (_write_to_self). */
+      if (buf[i] != 0 && dispatch_signal(self, args[1], buf[i]) < 0)
+        return NULL;
+    }
+  }
+  Py_RETURN_NONE;
+}
+
 /* ---- Loop: running -------------------------------------------------------- */
 
 static void before_poll(ul_loop *ul, int timeout_ms, void *arg) {
@@ -1241,6 +1330,10 @@ static PyMethodDef Loop_methods[] = {
      METH_FASTCALL, NULL},
     {"_remove_reader", (PyCFunction)Loop_remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)Loop_remove_writer, METH_O, NULL},
+    {"_make_handle", (PyCFunction)(void (*)(void))Loop_make_handle,
+     METH_FASTCALL, NULL},
+    {"_read_signals", (PyCFunction)(void (*)(void))Loop_read_signals,
+     METH_FASTCALL, NULL},
     {"_run", (PyCFunction)Loop_run, METH_NOARGS, NULL},
     {"_run_once", (PyCFunction)Loop_run_once, METH_NOARGS, NULL},
     {"stop", (PyCFunction)Loop_stop, METH_NOARGS, NULL},
