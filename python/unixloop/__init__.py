@@ -16,6 +16,7 @@ also derives from (transports, servers, pipes, subprocesses, signals), running
 on top of the C core.
 """
 import asyncio
+import functools
 import selectors
 import sys
 import threading
@@ -104,6 +105,59 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
             events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    # sock_recv and friends: asyncio's code, with the waiting half in C
+    # (_sock_recv_wait registers the reader and removes it when done).
+
+    async def sock_recv(self, sock, n):
+        """Receive up to n bytes from a non-blocking socket."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        data = self._sock_try_recv(sock, n)
+        if data is not None:
+            return data
+        return await self._sock_recv_wait(sock, 'recv', n)
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive data from a non-blocking socket into buf."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._sock_recv_wait(sock, 'recv_into', buf)
+
+    async def sock_recvfrom(self, sock, bufsize):
+        """Receive a datagram of up to bufsize bytes: (data, address)."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        try:
+            return sock.recvfrom(bufsize)
+        except (BlockingIOError, InterruptedError):
+            pass
+        return await self._sock_recv_wait(sock, 'recvfrom', bufsize)
+
+    async def sock_sendall(self, sock, data):
+        """Send all of data to a connected non-blocking socket."""
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        n = self._sock_try_send(sock, data)
+        if n == len(data):
+            return
+        # What is left waits for writability, exactly as in asyncio.
+        fut = self.create_future()
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        handle = self._add_writer(fd, self._sock_sendall, fut, sock,
+                                  memoryview(data), [n])
+        fut.add_done_callback(
+            functools.partial(self._sock_write_done, fd, handle=handle))
+        return await fut
 
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.

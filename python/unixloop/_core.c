@@ -20,8 +20,8 @@
  *   - a reader / writer Handle is owned by the Loop's `readers` / `writers`
  *     dict; libunixloop holds a borrowed pointer.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_core.h"
+
 #include <structmember.h>
 
 #include <errno.h>
@@ -30,25 +30,6 @@
 #include <sys/socket.h>
 
 #include "unixloop.h"
-
-/* ---- module state --------------------------------------------------------- */
-
-typedef struct {
-  PyTypeObject *HandleType;
-  PyTypeObject *TimerHandleType;
-  PyTypeObject *LoopType;
-  PyObject *helpers;          /* unixloop._helpers, imported lazily */
-  PyObject *str_call_exception_handler;
-  PyObject *str_check_thread;
-  PyObject *str_check_callback;
-  PyObject *tasks_module;     /* asyncio.tasks, looked up per call as asyncio
-                                 does, so patching tasks.Task works */
-  PyObject *futures_module;
-  PyObject *str_Task;
-  PyObject *str_Future;
-  PyObject *kw_loop;          /* ("loop",) */
-  PyObject *kw_task;          /* ("loop", "name", "context") */
-} core_state;
 
 static struct PyModuleDef core_module;
 
@@ -59,7 +40,7 @@ static core_state *state_of_type(PyTypeObject *tp) {
 
 /* Returns a borrowed attribute of unixloop._helpers (the cold paths written
  * in Python: formatting, debug stacks, logging). */
-static PyObject *helper(core_state *st, const char *name) {
+PyObject *ulpy_helper(core_state *st, const char *name) {
   if (st->helpers == NULL) {
     st->helpers = PyImport_ImportModule("unixloop._helpers");
     if (st->helpers == NULL)
@@ -71,48 +52,10 @@ static PyObject *helper(core_state *st, const char *name) {
   return f;
 }
 
-static PyObject *raise_errno(int err) {
+PyObject *ulpy_raise_errno(int err) {
   errno = -err;
   return PyErr_SetFromErrno(PyExc_OSError);
 }
-
-/* ---- objects ---------------------------------------------------------------- */
-
-typedef struct LoopObj LoopObj;
-
-typedef struct {
-  PyObject_HEAD
-  PyObject *callback;
-  PyObject *args;          /* tuple, or NULL while the args are inline */
-  PyObject *inline_args[2];
-  PyObject *const *argv;   /* points into inline_args or args */
-  Py_ssize_t nargs;
-  PyObject *context;
-  LoopObj *loop;
-  PyObject *source_traceback;
-  PyObject *repr;
-  PyObject *weakreflist;
-  char cancelled;
-  char is_timer;
-  double when;
-  ul_timer *timer;         /* pending TimerHandle: its libunixloop timer */
-} HandleObj;
-
-struct LoopObj {
-  PyObject_HEAD
-  ul_loop *ul;
-  core_state *st;
-  PyObject *readers;       /* {fd: Handle} */
-  PyObject *writers;
-  PyObject *weakreflist;
-  PyThreadState *released; /* set while polling without the GIL */
-  int closed;
-  int debug;
-  int stopping;
-  int failed;              /* a callback raised SystemExit/KeyboardInterrupt */
-  PyObject *task_factory;  /* asyncio's loop._task_factory */
-  double slow_callback_duration;
-};
 
 /* ---- Handle ---------------------------------------------------------------- */
 
@@ -220,7 +163,7 @@ static void handle_report_exception(HandleObj *h) {
   Py_XDECREF(tb);
 
   core_state *st = h->loop->st;
-  PyObject *fmt = helper(st, "format_callback_failure");
+  PyObject *fmt = ulpy_helper(st, "format_callback_failure");
   PyObject *context = NULL;
   if (fmt != NULL) {
     PyObject *args = h->args;
@@ -244,7 +187,7 @@ static void handle_report_exception(HandleObj *h) {
   Py_XDECREF(r);
 }
 
-static int is_fatal_exception(void) {
+int ulpy_is_fatal_exception(void) {
   return PyErr_ExceptionMatches(PyExc_SystemExit) ||
          PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
 }
@@ -264,12 +207,12 @@ static int handle_run(HandleObj *h) {
   int rc = 0;
   if (res != NULL) {
     Py_DECREF(res);
-  } else if (is_fatal_exception()) {
+  } else if (ulpy_is_fatal_exception()) {
     rc = -1;
   } else {
     handle_report_exception(h);
     if (PyErr_Occurred()) {
-      if (is_fatal_exception())
+      if (ulpy_is_fatal_exception())
         rc = -1;
       else
         PyErr_WriteUnraisable((PyObject *)h);
@@ -295,7 +238,7 @@ static int handle_run_debug(HandleObj *h) {
       0)
     PyErr_Clear();
   if (dt >= loop->slow_callback_duration) {
-    PyObject *warn = helper(loop->st, "warn_slow_callback");
+    PyObject *warn = ulpy_helper(loop->st, "warn_slow_callback");
     PyObject *r = warn ? PyObject_CallFunction(warn, "Od", (PyObject *)h, dt)
                        : NULL;
     if (r == NULL)
@@ -401,7 +344,7 @@ static PyObject *Handle_repr(HandleObj *h) {
   if (h->repr != NULL)
     return Py_NewRef(h->repr);
   core_state *st = state_of_type(Py_TYPE(h));
-  PyObject *f = st ? helper(st, "handle_repr") : NULL;
+  PyObject *f = st ? ulpy_helper(st, "handle_repr") : NULL;
   return f ? PyObject_CallOneArg(f, (PyObject *)h) : NULL;
 }
 
@@ -499,7 +442,7 @@ static PyType_Spec TimerHandle_spec = {
 
 /* ---- Loop: helpers ---------------------------------------------------------- */
 
-static int check_closed(LoopObj *self) {
+int ulpy_check_closed(LoopObj *self) {
   if (self->closed || self->ul == NULL) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
     return -1;
@@ -530,7 +473,7 @@ static int debug_checks(LoopObj *self, PyObject *callback, const char *method,
 }
 
 static int debug_source_traceback(LoopObj *self, HandleObj *h) {
-  PyObject *f = helper(self->st, "extract_stack");
+  PyObject *f = ulpy_helper(self->st, "extract_stack");
   if (f == NULL)
     return -1;
   h->source_traceback = PyObject_CallNoArgs(f);
@@ -569,7 +512,7 @@ static HandleObj *schedule_soon(LoopObj *self, PyObject *const *args,
   PyObject *context;
   if (parse_callback_args(args, nargs, kwnames, 0, method, &context) < 0)
     return NULL;
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
   if (self->debug && debug_checks(self, args[0], method, !threadsafe) < 0)
     return NULL;
@@ -588,7 +531,7 @@ static HandleObj *schedule_soon(LoopObj *self, PyObject *const *args,
   if (err < 0) {
     Py_DECREF(h);
     Py_DECREF(h);
-    return (HandleObj *)raise_errno(err);
+    return (HandleObj *)ulpy_raise_errno(err);
   }
   return h;
 }
@@ -611,7 +554,7 @@ static PyObject *Loop_call_soon_threadsafe(LoopObj *self,
 static PyObject *schedule_at(LoopObj *self, double when,
                              PyObject *const *args, Py_ssize_t nargs,
                              PyObject *context, const char *method) {
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
   if (self->debug && debug_checks(self, args[0], method, 1) < 0)
     return NULL;
@@ -634,7 +577,7 @@ static PyObject *schedule_at(LoopObj *self, double when,
   if (err < 0) {
     Py_DECREF(h);
     Py_DECREF(h);
-    return raise_errno(err);
+    return ulpy_raise_errno(err);
   }
   return (PyObject *)h;
 }
@@ -689,8 +632,7 @@ static int import_asyncio_modules(core_state *st) {
 }
 
 /* asyncio's create_future: futures.Future(loop=self). */
-static PyObject *Loop_create_future(LoopObj *self,
-                                    PyObject *Py_UNUSED(ignored)) {
+PyObject *ulpy_create_future(LoopObj *self) {
   core_state *st = self->st;
   if (import_asyncio_modules(st) < 0)
     return NULL;
@@ -702,6 +644,11 @@ static PyObject *Loop_create_future(LoopObj *self,
       cls, args + 1, 0 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_loop);
   Py_DECREF(cls);
   return fut;
+}
+
+static PyObject *Loop_create_future(LoopObj *self,
+                                    PyObject *Py_UNUSED(ignored)) {
+  return ulpy_create_future(self);
 }
 
 /* asyncio's create_task(coro, *, name=None, context=None).  The common case
@@ -734,10 +681,10 @@ static PyObject *Loop_create_task(LoopObj *self, PyObject *const *args,
                     "create_task() takes exactly one positional argument");
     return NULL;
   }
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
   if (self->task_factory != NULL && self->task_factory != Py_None) {
-    PyObject *f = helper(st, "create_task_with_factory");
+    PyObject *f = ulpy_helper(st, "create_task_with_factory");
     return f ? PyObject_CallFunctionObjArgs(f, (PyObject *)self, coro, name,
                                             context, NULL)
              : NULL;
@@ -785,7 +732,7 @@ static int long_as_fd(PyObject *v) {
 }
 
 /* selectors._fileobj_to_fd: an int, or an object with fileno(). */
-static int fileobj_to_fd(PyObject *fileobj) {
+int ulpy_fileobj_to_fd(PyObject *fileobj) {
   int fd;
   if (PyLong_Check(fileobj)) {
     fd = long_as_fd(fileobj);
@@ -848,16 +795,16 @@ static void io_write_cb(ul_loop *ul, int fd, int events, void *arg) {
   io_ready(ul_loop_get_data(ul), fd, arg, 0);
 }
 
-static PyObject *add_watcher(LoopObj *self, PyObject *const *args,
+PyObject *ulpy_add_watcher(LoopObj *self, PyObject *const *args,
                              Py_ssize_t nargs, int reading) {
   const char *method = reading ? "_add_reader" : "_add_writer";
   if (nargs < 2) {
     PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments", method);
     return NULL;
   }
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
-  int fd = fileobj_to_fd(args[0]);
+  int fd = ulpy_fileobj_to_fd(args[0]);
   if (fd < 0)
     return NULL;
   HandleObj *h = handle_new(self, self->st->HandleType, args[1], args + 2,
@@ -868,7 +815,7 @@ static PyObject *add_watcher(LoopObj *self, PyObject *const *args,
                     : ul_loop_add_writer(self->ul, fd, io_write_cb, h);
   if (err < 0) {
     Py_DECREF(h);
-    return raise_errno(err);
+    return ulpy_raise_errno(err);
   }
   PyObject *table = reading ? self->readers : self->writers;
   PyObject *key = PyLong_FromLong(fd);
@@ -898,11 +845,11 @@ fail:
   return NULL;
 }
 
-static PyObject *remove_watcher(LoopObj *self, PyObject *fileobj,
+PyObject *ulpy_remove_watcher(LoopObj *self, PyObject *fileobj,
                                 int reading) {
   if (self->closed || self->ul == NULL)
     Py_RETURN_FALSE;
-  int fd = fileobj_to_fd(fileobj);
+  int fd = ulpy_fileobj_to_fd(fileobj);
   if (fd < 0)
     return NULL;
   int found = reading ? ul_loop_remove_reader(self->ul, fd)
@@ -936,20 +883,20 @@ static PyObject *remove_watcher(LoopObj *self, PyObject *fileobj,
 
 static PyObject *Loop_add_reader(LoopObj *self, PyObject *const *args,
                                  Py_ssize_t nargs) {
-  return add_watcher(self, args, nargs, 1);
+  return ulpy_add_watcher(self, args, nargs, 1);
 }
 
 static PyObject *Loop_add_writer(LoopObj *self, PyObject *const *args,
                                  Py_ssize_t nargs) {
-  return add_watcher(self, args, nargs, 0);
+  return ulpy_add_watcher(self, args, nargs, 0);
 }
 
 static PyObject *Loop_remove_reader(LoopObj *self, PyObject *fd) {
-  return remove_watcher(self, fd, 1);
+  return ulpy_remove_watcher(self, fd, 1);
 }
 
 static PyObject *Loop_remove_writer(LoopObj *self, PyObject *fd) {
-  return remove_watcher(self, fd, 0);
+  return ulpy_remove_watcher(self, fd, 0);
 }
 
 /* ---- Loop: signals ---------------------------------------------------------
@@ -978,7 +925,7 @@ static int queue_handle(LoopObj *self, HandleObj *h) {
   int err = ul_loop_call_soon(self->ul, handle_ready_cb, h);
   if (err < 0) {
     Py_DECREF(h);
-    raise_errno(err);
+    ulpy_raise_errno(err);
     return -1;
   }
   return 0;
@@ -996,12 +943,12 @@ static int dispatch_signal(LoopObj *self, PyObject *handlers, int signum) {
   } else if (Py_TYPE(h) != self->st->HandleType) {
     /* Not one of ours: asyncio's own path. */
     PyObject *r = PyObject_CallMethod((PyObject *)self, "_handle_signal",
-                                      "O", key);
+                                      "(O)", key);
     rc = r ? 0 : -1;
     Py_XDECREF(r);
   } else if (((HandleObj *)h)->cancelled) {
     PyObject *r = PyObject_CallMethod((PyObject *)self,
-                                      "remove_signal_handler", "O", key);
+                                      "remove_signal_handler", "(O)", key);
     rc = r ? 0 : -1;
     Py_XDECREF(r);
   } else {
@@ -1019,10 +966,10 @@ static PyObject *Loop_read_signals(LoopObj *self, PyObject *const *args,
     PyErr_SetString(PyExc_TypeError, "_read_signals(fd, handlers)");
     return NULL;
   }
-  int fd = fileobj_to_fd(args[0]);
+  int fd = ulpy_fileobj_to_fd(args[0]);
   if (fd < 0)
     return NULL;
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
   unsigned char buf[4096];
   for (;;) {
@@ -1065,7 +1012,7 @@ static int after_poll(ul_loop *ul, int poll_err, void *arg) {
   }
   if (poll_err < 0 && poll_err != -EINTR) {
     self->failed = 1;
-    raise_errno(poll_err);
+    ulpy_raise_errno(poll_err);
     return poll_err;
   }
   return 0;
@@ -1078,13 +1025,13 @@ static PyObject *run_result(LoopObj *self, int err) {
       return NULL;
   }
   if (err < 0 && err != -EINTR)
-    return raise_errno(err);
+    return ulpy_raise_errno(err);
   Py_RETURN_NONE;
 }
 
 /* Runs until stop(); the Python run_forever() sets up around it. */
 static PyObject *Loop_run(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
   self->failed = 0;
   int err = ul_loop_run(self->ul);
@@ -1093,7 +1040,7 @@ static PyObject *Loop_run(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Loop_run_once(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
-  if (check_closed(self) < 0)
+  if (ulpy_check_closed(self) < 0)
     return NULL;
   self->failed = 0;
   return run_result(self, ul_loop_run_once(self->ul, 1));
@@ -1250,7 +1197,7 @@ static PyObject *Loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
                       "UNIXLOOP_BACKEND must be 'epoll' or 'poll'");
       return NULL;
     }
-    return raise_errno(err);
+    return ulpy_raise_errno(err);
   }
   ul_loop_set_data(self->ul, self);
   ul_loop_set_poll_hooks(self->ul, before_poll, after_poll, self);
@@ -1331,6 +1278,12 @@ static PyMethodDef Loop_methods[] = {
     {"_remove_reader", (PyCFunction)Loop_remove_reader, METH_O, NULL},
     {"_remove_writer", (PyCFunction)Loop_remove_writer, METH_O, NULL},
     {"_make_handle", (PyCFunction)(void (*)(void))Loop_make_handle,
+     METH_FASTCALL, NULL},
+    {"_sock_recv_wait", (PyCFunction)(void (*)(void))ulpy_sock_recv_wait,
+     METH_FASTCALL, NULL},
+    {"_sock_try_recv", (PyCFunction)(void (*)(void))ulpy_sock_try_recv,
+     METH_FASTCALL, NULL},
+    {"_sock_try_send", (PyCFunction)(void (*)(void))ulpy_sock_try_send,
      METH_FASTCALL, NULL},
     {"_read_signals", (PyCFunction)(void (*)(void))Loop_read_signals,
      METH_FASTCALL, NULL},
@@ -1414,6 +1367,8 @@ static int core_exec(PyObject *mod) {
       !st->str_check_callback || !st->str_Task || !st->str_Future ||
       !st->kw_loop || !st->kw_task)
     return -1;
+  if (ulpy_sock_exec(mod, st) < 0)
+    return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
       PyModule_AddType(mod, st->LoopType) < 0)
@@ -1429,6 +1384,7 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->HandleType);
   Py_VISIT(st->TimerHandleType);
   Py_VISIT(st->LoopType);
+  Py_VISIT(st->SockOpType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1440,6 +1396,7 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->HandleType);
   Py_CLEAR(st->TimerHandleType);
   Py_CLEAR(st->LoopType);
+  Py_CLEAR(st->SockOpType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);

@@ -355,3 +355,88 @@ def test_getaddrinfo(aloop):
     infos = aloop.run_until_complete(
         aloop.getaddrinfo('127.0.0.1', 80, type=socket.SOCK_STREAM))
     assert infos and infos[0][4] == ('127.0.0.1', 80)
+
+
+# unixloop does the first, non-waiting recv()/send() of a plain socket in C
+# and calls the methods of any other socket object: both must behave alike.
+
+class RecordingSocket(socket.socket):
+    """A socket subclass whose recv/send must be the ones called."""
+    calls = []
+
+    def recv(self, n, *args):
+        self.calls.append(('recv', n))
+        return super().recv(n, *args)
+
+    def send(self, data, *args):
+        self.calls.append(('send', len(data)))
+        return super().send(data, *args)
+
+
+def test_sock_subclass_methods_are_called(aloop):
+    RecordingSocket.calls = []
+    la, lb = socket.socketpair()
+    # Adopt the pair's fds into the subclass objects.
+    a = RecordingSocket(fileno=la.detach())
+    b = RecordingSocket(fileno=lb.detach())
+    nonblocking(a, b)
+    try:
+        async def main():
+            await aloop.sock_sendall(a, b'abc')
+            return await aloop.sock_recv(b, 10)
+
+        assert aloop.run_until_complete(main()) == b'abc'
+        assert ('send', 3) in RecordingSocket.calls
+        assert ('recv', 10) in RecordingSocket.calls
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_recv_large_n_and_waiting(aloop, pair):
+    a, b = pair
+    data = payload(200_000)
+
+    async def main():
+        recv = aloop.create_task(aloop.sock_recv(b, 1 << 20))
+        await asyncio.sleep(0)
+        assert not recv.done()
+        await aloop.sock_sendall(a, data)
+        got = await recv
+        rest = bytearray(got)
+        while len(rest) < len(data):
+            rest += await aloop.sock_recv(b, 1 << 20)
+        return bytes(rest)
+
+    assert aloop.run_until_complete(main()) == data
+
+
+def test_sock_recv_connection_reset(aloop):
+    srv = socket.socket()
+    srv.bind(('127.0.0.1', 0))
+    srv.listen()
+    c = socket.socket()
+    c.connect(srv.getsockname())
+    s, _ = srv.accept()
+    srv.close()
+    nonblocking(c, s)
+    # SO_LINGER 0: close() sends a RST, so recv() fails with ECONNRESET.
+    import struct
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    s.close()
+    try:
+        with pytest.raises(ConnectionResetError):
+            aloop.run_until_complete(aloop.sock_recv(c, 100))
+    finally:
+        c.close()
+
+
+def test_sock_send_to_closed_peer_raises(aloop, pair):
+    a, b = pair
+    b.close()
+
+    async def main():
+        await aloop.sock_sendall(a, b'x' * 1000)
+
+    with pytest.raises(BrokenPipeError):
+        aloop.run_until_complete(main())
