@@ -155,6 +155,8 @@ struct ul_loop {
   /* call_soon_threadsafe: entries queued by other threads. */
   pthread_mutex_t ts_lock;
   ul__ring ts_queue;
+  ul__ring ts_spare;   /* an empty ring swapped with ts_queue on collection,
+                          so that collecting allocates nothing */
   atomic_int ts_wake_pending;
   atomic_int ts_nonempty;  /* ts_queue has entries: call_soon collects them
                               first, to keep one FIFO order as asyncio's

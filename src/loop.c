@@ -32,7 +32,8 @@ double ul_loop_clock_resolution(const ul_loop *loop) {
 void ul__collect_threadsafe(ul_loop *loop) {
   pthread_mutex_lock(&loop->ts_lock);
   ul__ring queued = loop->ts_queue;
-  memset(&loop->ts_queue, 0, sizeof loop->ts_queue);
+  loop->ts_queue = loop->ts_spare;
+  memset(&loop->ts_spare, 0, sizeof loop->ts_spare);
   atomic_store_explicit(&loop->ts_nonempty, 0, memory_order_relaxed);
   pthread_mutex_unlock(&loop->ts_lock);
 
@@ -44,7 +45,13 @@ void ul__collect_threadsafe(ul_loop *loop) {
       e.cb(loop, e.arg, 0);
     }
   }
-  ul__ring_free(&queued);
+  /* Keep the drained buffer for the next swap (unless a nested collection,
+   * from a callback run above, already left one). */
+  queued.head = 0;
+  if (loop->ts_spare.buf == NULL)
+    loop->ts_spare = queued;
+  else
+    ul__ring_free(&queued);
 }
 
 /* The eventfd's reader: collects what other threads queued. */
@@ -220,6 +227,7 @@ int ul_loop_close(ul_loop *loop) {
   close(loop->wake_fd);
   loop->backend->destroy(loop);
   ul__ring_free(&loop->ready);
+  ul__ring_free(&loop->ts_spare);
   ul__timers_destroy(loop);
   ul__io_destroy(loop);
   pthread_mutex_destroy(&loop->ts_lock);
