@@ -74,8 +74,15 @@ static void registry_remove(ul_loop *loop, int signum) {
   while (atomic_load(link) != node)
     link = &atomic_load(link)->next;
   atomic_store(link, atomic_load(&node->next));
-  if (--owners[signum] == 0)
-    sigaction(signum, &saved_action[signum], NULL);
+  if (--owners[signum] == 0) {
+    /* Give the signal back only if it is still ours: code that installed
+     * its own disposition meanwhile keeps it (see unixloop.h). */
+    struct sigaction current;
+    if (sigaction(signum, NULL, &current) == 0 &&
+        !(current.sa_flags & SA_SIGINFO) &&
+        current.sa_handler == sig_handler)
+      sigaction(signum, &saved_action[signum], NULL);
+  }
   wait_for_handlers();
 }
 

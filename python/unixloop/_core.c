@@ -59,10 +59,26 @@ PyObject *ulpy_raise_errno(int err) {
 
 /* ---- Handle ---------------------------------------------------------------- */
 
+/* Freed plain Handles kept for reuse: one is made and freed per call_soon,
+ * and the allocator's GC bookkeeping is a visible share of a task switch.
+ * Process-wide and used only with the GIL held. */
+#define HANDLE_FREELIST_MAX 256
+static HandleObj *handle_freelist[HANDLE_FREELIST_MAX];
+static int handle_freelist_len;
+
+static HandleObj *handle_alloc(PyTypeObject *tp, core_state *st) {
+  if (tp == st->HandleType && handle_freelist_len > 0) {
+    HandleObj *h = handle_freelist[--handle_freelist_len];
+    /* Memory from PyObject_GC_New, untracked: make it a new object. */
+    return (HandleObj *)PyObject_Init((PyObject *)h, tp);
+  }
+  return PyObject_GC_New(HandleObj, tp);
+}
+
 static HandleObj *handle_new(LoopObj *loop, PyTypeObject *tp,
                              PyObject *callback, PyObject *const *args,
                              Py_ssize_t nargs, PyObject *context) {
-  HandleObj *h = PyObject_GC_New(HandleObj, tp);
+  HandleObj *h = handle_alloc(tp, loop->st);
   if (h == NULL)
     return NULL;
   h->callback = Py_NewRef(callback);
@@ -146,8 +162,14 @@ static void Handle_dealloc(HandleObj *h) {
   PyObject_GC_UnTrack(h);
   if (h->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)h);
+  LoopObj *loop = h->loop;
+  int reuse = loop != NULL && tp == loop->st->HandleType &&
+              handle_freelist_len < HANDLE_FREELIST_MAX;
   (void)Handle_clear(h);
-  tp->tp_free(h);
+  if (reuse)
+    handle_freelist[handle_freelist_len++] = h;
+  else
+    tp->tp_free(h);
   Py_DECREF(tp);
 }
 
@@ -1410,7 +1432,11 @@ static int core_clear(PyObject *mod) {
   return 0;
 }
 
-static void core_free(void *mod) { (void)core_clear((PyObject *)mod); }
+static void core_free(void *mod) {
+  (void)core_clear((PyObject *)mod);
+  while (handle_freelist_len > 0)
+    PyObject_GC_Del(handle_freelist[--handle_freelist_len]);
+}
 
 static PyModuleDef_Slot core_slots[] = {{Py_mod_exec, core_exec},
                                         {0, NULL}};

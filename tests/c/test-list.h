@@ -121,6 +121,7 @@ TEST_DECLARE(signal_handler_in_other_thread_wakes_loop)
 TEST_DECLARE(signal_from_other_process)
 TEST_DECLARE(signal_delivered_during_callback)
 TEST_DECLARE(signal_sa_restart)
+TEST_DECLARE(signal_taken_over_not_clobbered)
 
 TASK_LIST_START
   /* test-loop.c */
@@ -231,4 +232,5 @@ TASK_LIST_START
   TEST_ENTRY(signal_from_other_process)
   TEST_ENTRY(signal_delivered_during_callback)
   TEST_ENTRY(signal_sa_restart)
+  TEST_ENTRY(signal_taken_over_not_clobbered)
 TASK_LIST_END

@@ -1021,16 +1021,9 @@ TEST_IMPL(signal_sa_restart) {
   return 0;
 }
 
-#if 0
-/* Left out of test-list.h: fails (see the report of the signal tests).
- *
- * include/unixloop.h, "Signals": "Code that changes a signal's disposition
- * while libunixloop owns it takes it away from libunixloop; it is not
- * restored later."  Read as "libunixloop no longer owns it", removing the
- * loop's handler must leave the other code's handler in place.  Got:
- * registry_remove() puts back the disposition saved at add time
- * unconditionally, so the other code's handler is replaced by SIG_DFL
- * (and a later SIGUSR1 kills the process). */
+/* include/unixloop.h, "Signals": code that changes a signal's disposition
+ * while libunixloop owns it takes it away; removing the loop's handler must
+ * leave the other code's handler in place. */
 TEST_IMPL(signal_taken_over_not_clobbered) {
   ul_loop *loop = test_loop_new();
   struct sigaction sa;
@@ -1046,4 +1039,3 @@ TEST_IMPL(signal_taken_over_not_clobbered) {
   restore_default(SIGUSR1);
   return 0;
 }
-#endif
