@@ -295,7 +295,7 @@ PyObject *ulpy_sock_try_recv(LoopObj *self, PyObject *const *args,
   Py_ssize_t n = PyLong_Check(args[1]) ? PyLong_AsSsize_t(args[1]) : -1;
   if (n == -1 && PyErr_Occurred())
     return NULL;
-  if (!plain || n < 0 || n > 65536) {
+  if (!plain || n < 0) {
     int would_block;
     PyObject *r = call_nonblocking(args[0], "recv", args[1], &would_block);
     return (r == NULL && would_block) ? Py_NewRef(Py_None) : r;
@@ -303,17 +303,27 @@ PyObject *ulpy_sock_try_recv(LoopObj *self, PyObject *const *args,
   int fd = ulpy_fileobj_to_fd(args[0]);
   if (fd < 0)
     return NULL;
-  char buf[65536];
+  /* As socket.recv() does: receive straight into a bytes object of the
+   * full size, then shrink it to what came (_PyBytes_Resize, documented
+   * for building new bytes objects). */
+  PyObject *data = PyBytes_FromStringAndSize(NULL, n);
+  if (data == NULL)
+    return NULL;
   ssize_t got;
   do
-    got = recv(fd, buf, (size_t)n, 0);
+    got = recv(fd, PyBytes_AS_STRING(data), (size_t)n, 0);
   while (got == -1 && errno == EINTR);
   if (got == -1) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK)
+    int err = errno;
+    Py_DECREF(data);
+    if (err == EAGAIN || err == EWOULDBLOCK)
       Py_RETURN_NONE;
+    errno = err;
     return PyErr_SetFromErrno(PyExc_OSError);
   }
-  return PyBytes_FromStringAndSize(buf, got);
+  if (got != n && _PyBytes_Resize(&data, got) < 0)
+    return NULL;
+  return data;
 }
 
 /* _sock_try_send(sock, data) -> bytes sent now (0 if it would block). */
