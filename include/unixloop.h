@@ -31,6 +31,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -339,6 +342,186 @@ UL_EXTERN int ul_loop_remove_writer(ul_loop *loop, int fd);
 /* Returns the arg of the reader (writer) of `fd`, or NULL if none. */
 UL_EXTERN void *ul_loop_get_reader(const ul_loop *loop, int fd);
 UL_EXTERN void *ul_loop_get_writer(const ul_loop *loop, int fd);
+
+/* ------------------------------------------------------------------------ */
+/* Stream transports                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* A stream transport: asyncio's socket transport for any connected stream
+ * fd (TCP socket, UNIX socket, pipe end, PTY).  Opaque; owned by the loop
+ * from ul_stream_open() until connection_lost has returned, when it is
+ * freed: the pointer must not be used after that. */
+typedef struct ul_stream ul_stream;
+
+/* The protocol: asyncio's Protocol / BufferedProtocol as a table of
+ * callbacks, all called on the loop, never from inside a ul_stream_*
+ * call.  `ctx` is the pointer given to ul_stream_open(). */
+typedef struct ul_stream_protocol {
+  /* First callback, in the iteration after ul_stream_open().  May be NULL. */
+  void (*connection_made)(ul_stream *stream, void *ctx);
+  /* Bytes received; `data` is valid only during the call.  Required unless
+   * get_buffer and buffer_updated are set (they win when set). */
+  void (*data_received)(ul_stream *stream, const char *data, size_t len,
+                        void *ctx);
+  /* BufferedProtocol: return where to read to (at least one byte), its size
+   * in *len; then buffer_updated tells how much was read there. */
+  char *(*get_buffer)(ul_stream *stream, size_t size_hint, size_t *len,
+                      void *ctx);
+  void (*buffer_updated)(ul_stream *stream, size_t nbytes, void *ctx);
+  /* The peer closed its side.  Return non-zero to keep the transport open
+   * (half-closed: writing still works); zero, or NULL, closes it. */
+  int (*eof_received)(ul_stream *stream, void *ctx);
+  /* Last callback: `err` is 0 after close / abort / EOF, or the error that
+   * ended the connection (-ECONNRESET, -EPIPE, ...).  The fd is closed and
+   * the stream freed when it returns. */
+  void (*connection_lost)(ul_stream *stream, int err, void *ctx);
+  /* Flow control: the write buffer rose above the high-water mark / fell to
+   * the low-water mark.  May be NULL. */
+  void (*pause_writing)(ul_stream *stream, void *ctx);
+  void (*resume_writing)(ul_stream *stream, void *ctx);
+} ul_stream_protocol;
+
+/* Default write buffer limits, as asyncio's. */
+#define UL_STREAM_HIGH_WATER (64 * 1024)
+
+/* Wraps a connected stream fd.  The stream takes the fd (sets it
+ * non-blocking; closes it when the connection is lost, also on error
+ * here).  connection_made runs in the next iteration, then reading starts.
+ * `protocol` must stay valid until connection_lost has returned.
+ * Errors: -EINVAL (NULL argument, no data callback), -EBADF, -ENOMEM. */
+UL_EXTERN int ul_stream_open(ul_loop *loop, int fd,
+                             const ul_stream_protocol *protocol, void *ctx,
+                             ul_stream **stream_out);
+
+/* Sends bytes: written at once as far as the kernel takes them, the rest
+ * copied to the write buffer and sent when the fd is writable (writev).
+ * Nothing written before close is lost.
+ * Errors: -EINVAL, -EPIPE (after write_eof, or the stream is closing),
+ * -ENOMEM.  A connection error is not returned: it ends the connection
+ * through connection_lost. */
+UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
+                              size_t len);
+UL_EXTERN int ul_stream_writev(ul_stream *stream, const struct iovec *iov,
+                               int iovcnt);
+
+/* Closes the write side once the buffer is flushed (shutdown(SHUT_WR)).
+ * Errors: -EINVAL, -ENOTSUP (the fd cannot half-close, e.g. a pipe). */
+UL_EXTERN int ul_stream_write_eof(ul_stream *stream);
+UL_EXTERN int ul_stream_can_write_eof(const ul_stream *stream);
+
+/* Stops reading, flushes the write buffer, then closes: connection_lost(0)
+ * runs after the last byte was sent (or at once, in the next iteration, if
+ * the buffer is empty).  Calling it again does nothing.  Errors: -EINVAL. */
+UL_EXTERN int ul_stream_close(ul_stream *stream);
+
+/* Closes at once, dropping the write buffer; connection_lost(0) runs in the
+ * next iteration.  Errors: -EINVAL. */
+UL_EXTERN int ul_stream_abort(ul_stream *stream);
+
+/* Pause / resume delivery of data (asyncio's pause_reading).  Pausing a
+ * paused stream does nothing.  Errors: -EINVAL, -ESHUTDOWN (closing). */
+UL_EXTERN int ul_stream_pause_reading(ul_stream *stream);
+UL_EXTERN int ul_stream_resume_reading(ul_stream *stream);
+UL_EXTERN int ul_stream_is_reading(const ul_stream *stream);
+UL_EXTERN int ul_stream_is_closing(const ul_stream *stream);
+
+/* Bytes waiting in the write buffer. */
+UL_EXTERN size_t ul_stream_get_write_buffer_size(const ul_stream *stream);
+
+/* Sets the water marks (asyncio's set_write_buffer_limits): -1 for high
+ * means UL_STREAM_HIGH_WATER (or 4 x low when low is given), -1 for low
+ * means high / 4.  Errors: -EINVAL (low > high). */
+UL_EXTERN int ul_stream_set_write_buffer_limits(ul_stream *stream,
+                                                ssize_t high, ssize_t low);
+UL_EXTERN void ul_stream_get_write_buffer_limits(const ul_stream *stream,
+                                                 size_t *low, size_t *high);
+
+/* The fd, the loop and the protocol's ctx. */
+UL_EXTERN int ul_stream_fileno(const ul_stream *stream);
+UL_EXTERN ul_loop *ul_stream_get_loop(const ul_stream *stream);
+UL_EXTERN void *ul_stream_get_context(const ul_stream *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Connecting and listening: TCP and UNIX-domain stream sockets            */
+/* ------------------------------------------------------------------------ */
+
+/* Result of a connect: `fd` is a connected, non-blocking, close-on-exec
+ * socket (TCP_NODELAY set for TCP, as asyncio does) that the callback owns
+ * (typically passing it to ul_stream_open), or a negative errno
+ * (-ECONNREFUSED, -ENOENT for a missing UNIX path, -ETIMEDOUT, ...). */
+typedef void (*ul_connect_cb)(ul_loop *loop, int fd, void *arg);
+
+/* Connects to a TCP address (IPv4 or IPv6) without blocking; `cb` runs on
+ * the loop when the connection is made or has failed (never from inside
+ * this call).  Errors: -EINVAL (NULL, address family not AF_INET(6)),
+ * -EMFILE / -ENFILE, -ENOMEM. */
+UL_EXTERN int ul_tcp_connect(ul_loop *loop, const struct sockaddr *addr,
+                             socklen_t addrlen, ul_connect_cb cb, void *arg);
+
+/* Connects to a UNIX-domain stream socket.  `path` holds `pathlen` bytes;
+ * a name starting with a NUL byte is an abstract name (Linux).
+ * Errors: -EINVAL (NULL, empty or too long a path), -EMFILE, -ENOMEM. */
+UL_EXTERN int ul_unix_connect(ul_loop *loop, const char *path,
+                              size_t pathlen, ul_connect_cb cb, void *arg);
+
+/* A listening socket that accepts connections on the loop. */
+typedef struct ul_server ul_server;
+
+/* A new connection: `fd` is accepted, non-blocking, close-on-exec (and
+ * TCP_NODELAY for TCP); the callback owns it. */
+typedef void (*ul_accept_cb)(ul_server *server, int fd, void *arg);
+
+/* An error accepting (asyncio's "socket.accept() out of system resource"):
+ * on -EMFILE / -ENFILE / -ENOBUFS / -ENOMEM the server stops accepting for
+ * UL_SERVER_ACCEPT_RETRY_DELAY seconds, then resumes by itself. */
+typedef void (*ul_server_error_cb)(ul_server *server, int err, void *arg);
+
+#define UL_SERVER_ACCEPT_RETRY_DELAY 1.0
+
+/* Listen flags. */
+enum ul_listen_flags {
+  UL_LISTEN_REUSEADDR = 1,  /* SO_REUSEADDR (asyncio's default on Unix) */
+  UL_LISTEN_REUSEPORT = 2,  /* SO_REUSEPORT */
+  UL_LISTEN_IPV6ONLY = 4    /* IPV6_V6ONLY on an AF_INET6 socket */
+};
+
+/* Binds, listens (backlog as asyncio's default: 100) and starts accepting:
+ * up to `backlog` connections per wake-up, each given to `cb`.
+ * `on_error` may be NULL (errors then go to the loop's error handler).
+ * Errors: -EINVAL, -EADDRINUSE, -EACCES, -EMFILE, -ENOMEM. */
+UL_EXTERN int ul_tcp_listen(ul_loop *loop, const struct sockaddr *addr,
+                            socklen_t addrlen, int backlog, unsigned flags,
+                            ul_accept_cb cb, ul_server_error_cb on_error,
+                            void *arg, ul_server **server_out);
+
+/* As ul_tcp_listen, on a UNIX-domain path (or an abstract name starting
+ * with NUL).  A stale socket file left by a dead server is removed first, as
+ * asyncio's create_unix_server does; a path in use by a live server gives
+ * -EADDRINUSE, and a path that exists and is not a socket -EEXIST.  The
+ * socket file is removed when the server is closed. */
+UL_EXTERN int ul_unix_listen(ul_loop *loop, const char *path, size_t pathlen,
+                             int backlog, ul_accept_cb cb,
+                             ul_server_error_cb on_error, void *arg,
+                             ul_server **server_out);
+
+/* Accepts on a socket that is already bound and listening (taken over:
+ * closed by ul_server_close).  Errors: -EINVAL, -EBADF, -ENOTSOCK. */
+UL_EXTERN int ul_server_open(ul_loop *loop, int fd, int backlog,
+                             ul_accept_cb cb, ul_server_error_cb on_error,
+                             void *arg, ul_server **server_out);
+
+/* Stop / start accepting (asyncio's start_serving / is_serving). */
+UL_EXTERN int ul_server_stop(ul_server *server);
+UL_EXTERN int ul_server_start(ul_server *server);
+UL_EXTERN int ul_server_is_serving(const ul_server *server);
+
+/* The listening fd (for getsockname). */
+UL_EXTERN int ul_server_fileno(const ul_server *server);
+
+/* Stops accepting, closes the socket (removing the UNIX socket file it
+ * created) and frees the server; no callback runs after it returns.
+ * Errors: -EINVAL. */
+UL_EXTERN int ul_server_close(ul_server *server);
 
 #ifdef __cplusplus
 }

@@ -118,6 +118,10 @@ typedef struct ul__signals {
 void ul__signals_dispatch(ul_loop *loop);
 void ul__signals_close(ul_loop *loop);
 
+/* ---- streams (stream.c) --------------------------------------------------- */
+
+void ul__streams_close_all(ul_loop *loop);
+
 /* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
 
 typedef struct ul__backend {
@@ -170,6 +174,8 @@ struct ul_loop {
   double clock_resolution;
 
   ul__signals *signals;  /* NULL until the first signal handler */
+  ul_stream *streams;    /* open streams (stream.c) */
+  char *read_buf;        /* shared by the streams' reads (stream.c) */
 
   ul_error_cb error_cb;
   void *error_arg;

@@ -222,6 +222,7 @@ int ul_loop_close(ul_loop *loop) {
   pthread_mutex_unlock(&loop->ts_lock);
   cancel_ready(loop, &queued);
   ul__ring_free(&queued);
+  ul__streams_close_all(loop);
 
   ul_loop_remove_reader(loop, loop->wake_fd);
   close(loop->wake_fd);

@@ -1,0 +1,508 @@
+/*
+ * stream.c -- the stream transport: asyncio's _SelectorSocketTransport.
+ *
+ * Reads go into one buffer per loop (the data is only valid during
+ * data_received), or straight into the protocol's buffer for a buffered
+ * protocol.  Writes are tried at once; only what the kernel did not take is
+ * copied into the stream's write buffer, which is flushed when the fd is
+ * writable.  pause_writing / resume_writing follow the water marks.
+ *
+ * Closing is asynchronous: connection_lost always runs from the loop (never
+ * from inside a ul_stream_* call), after connection_made, and the stream is
+ * freed after it returns.
+ */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
+
+struct ul_stream {
+  ul_stream *next;     /* the loop's list of open streams */
+  ul_stream *prev;
+  ul_loop *loop;
+  int fd;
+  const ul_stream_protocol *proto;
+  void *ctx;
+
+  char *wbuf;          /* unsent bytes are wbuf[woff, wlen) */
+  size_t woff;
+  size_t wlen;
+  size_t wcap;
+  size_t high;
+  size_t low;
+
+  unsigned is_socket : 1;
+  unsigned made : 1;            /* connection_made has run */
+  unsigned paused : 1;          /* pause_reading() */
+  unsigned closing : 1;         /* close() or abort() or a fatal error */
+  unsigned eof_wanted : 1;      /* write_eof() called */
+  unsigned eof_sent : 1;
+  unsigned protocol_paused : 1; /* pause_writing() was called */
+  unsigned lost_scheduled : 1;
+  unsigned reader_on : 1;
+  unsigned writer_on : 1;
+  int lost_err;
+};
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static size_t pending(const ul_stream *s) {
+  return s->wlen - s->woff;
+}
+
+static void reader_start(ul_stream *s);
+
+static void stream_free(ul_stream *s) {
+  if (s->prev != NULL)
+    s->prev->next = s->next;
+  else
+    s->loop->streams = s->next;
+  if (s->next != NULL)
+    s->next->prev = s->prev;
+  close(s->fd);
+  free(s->wbuf);
+  free(s);
+}
+
+static void lost_cb(ul_loop *loop, void *arg, int status) {
+  ul_stream *s = arg;
+  (void)loop;
+  (void)status; /* -ECANCELED at loop close: still report and free */
+  if (s->proto->connection_lost != NULL)
+    s->proto->connection_lost(s, s->lost_err, s->ctx);
+  stream_free(s);
+}
+
+/* ul_loop_close(): streams still open lose their connection with
+ * -ECANCELED, so that nothing they own leaks. */
+void ul__streams_close_all(ul_loop *loop) {
+  while (loop->streams != NULL) {
+    ul_stream *s = loop->streams;
+    s->closing = 1;
+    if (s->made && s->proto->connection_lost != NULL)
+      s->proto->connection_lost(s, -ECANCELED, s->ctx);
+    stream_free(s);
+  }
+  free(loop->read_buf);
+  loop->read_buf = NULL;
+}
+
+/* Schedules connection_lost once; stops all I/O now. */
+static void schedule_lost(ul_stream *s, int err) {
+  if (s->reader_on) {
+    ul_loop_remove_reader(s->loop, s->fd);
+    s->reader_on = 0;
+  }
+  if (s->writer_on) {
+    ul_loop_remove_writer(s->loop, s->fd);
+    s->writer_on = 0;
+  }
+  s->closing = 1;
+  if (s->lost_scheduled)
+    return;
+  s->lost_scheduled = 1;
+  s->lost_err = err;
+  if (ul_loop_call_soon(s->loop, lost_cb, s) != 0) {
+    /* Out of memory (or the loop is closing): report it now rather than
+     * leak the fd. */
+    lost_cb(s->loop, s, -ECANCELED);
+  }
+}
+
+/* An error that ends the connection (asyncio's _fatal_error). */
+static void fatal(ul_stream *s, int err) {
+  s->woff = s->wlen = 0;
+  schedule_lost(s, err);
+}
+
+static void maybe_pause_protocol(ul_stream *s) {
+  if (pending(s) <= s->high || s->protocol_paused)
+    return;
+  s->protocol_paused = 1;
+  if (s->proto->pause_writing != NULL)
+    s->proto->pause_writing(s, s->ctx);
+}
+
+static void maybe_resume_protocol(ul_stream *s) {
+  if (!s->protocol_paused || pending(s) > s->low)
+    return;
+  s->protocol_paused = 0;
+  if (s->proto->resume_writing != NULL)
+    s->proto->resume_writing(s, s->ctx);
+}
+
+/* ---- reading ---------------------------------------------------------------- */
+
+static char *loop_read_buffer(ul_loop *loop) {
+  if (loop->read_buf == NULL)
+    loop->read_buf = malloc(READ_BUFFER_SIZE);
+  return loop->read_buf;
+}
+
+static void on_eof(ul_stream *s) {
+  if (s->reader_on) {
+    ul_loop_remove_reader(s->loop, s->fd);
+    s->reader_on = 0;
+  }
+  int keep_open = s->proto->eof_received != NULL &&
+                  s->proto->eof_received(s, s->ctx);
+  if (!keep_open && !s->closing)
+    ul_stream_close(s);
+}
+
+static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
+  ul_stream *s = arg;
+  (void)loop;
+  (void)events;
+  char *buf;
+  size_t cap;
+  int buffered = s->proto->get_buffer != NULL &&
+                 s->proto->buffer_updated != NULL;
+  if (buffered) {
+    buf = s->proto->get_buffer(s, READ_BUFFER_SIZE, &cap, s->ctx);
+    if (buf == NULL || cap == 0) {
+      fatal(s, -ENOBUFS);
+      return;
+    }
+    if (s->closing)
+      return; /* get_buffer closed the transport */
+  } else {
+    buf = loop_read_buffer(s->loop);
+    cap = READ_BUFFER_SIZE;
+    if (buf == NULL) {
+      fatal(s, -ENOMEM);
+      return;
+    }
+  }
+  ssize_t n;
+  do
+    n = read(fd, buf, cap);
+  while (n == -1 && errno == EINTR);
+  if (n == -1) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      fatal(s, -errno);
+    return;
+  }
+  if (n == 0) {
+    on_eof(s);
+    return;
+  }
+  if (buffered)
+    s->proto->buffer_updated(s, (size_t)n, s->ctx);
+  else
+    s->proto->data_received(s, buf, (size_t)n, s->ctx);
+}
+
+static void reader_start(ul_stream *s) {
+  if (s->reader_on || s->paused || s->closing || !s->made)
+    return;
+  if (ul_loop_add_reader(s->loop, s->fd, read_ready, s) == 0)
+    s->reader_on = 1;
+  else
+    fatal(s, -EBADF);
+}
+
+static void made_cb(ul_loop *loop, void *arg, int status) {
+  ul_stream *s = arg;
+  (void)loop;
+  if (status != 0)
+    return; /* the loop is closing: ul__streams_close_all frees it */
+  s->made = 1;
+  if (s->proto->connection_made != NULL)
+    s->proto->connection_made(s, s->ctx);
+  reader_start(s);
+}
+
+/* ---- writing ---------------------------------------------------------------- */
+
+static int wbuf_append(ul_stream *s, const char *data, size_t len) {
+  if (s->woff > 0 && s->woff == s->wlen)
+    s->woff = s->wlen = 0;
+  if (s->wlen + len > s->wcap) {
+    /* Slide the unsent bytes down first when that is enough room. */
+    if (s->woff > 0 && pending(s) + len <= s->wcap) {
+      memmove(s->wbuf, s->wbuf + s->woff, pending(s));
+      s->wlen -= s->woff;
+      s->woff = 0;
+    } else {
+      size_t cap = s->wcap ? s->wcap : 16384;
+      while (cap < pending(s) + len)
+        cap *= 2;
+      char *nb = malloc(cap);
+      if (nb == NULL)
+        return -ENOMEM;
+      memcpy(nb, s->wbuf + s->woff, pending(s));
+      free(s->wbuf);
+      s->wbuf = nb;
+      s->wcap = cap;
+      s->wlen -= s->woff;
+      s->woff = 0;
+    }
+  }
+  memcpy(s->wbuf + s->wlen, data, len);
+  s->wlen += len;
+  return 0;
+}
+
+static void send_eof_if_due(ul_stream *s) {
+  if (s->eof_wanted && !s->eof_sent && pending(s) == 0) {
+    s->eof_sent = 1;
+    shutdown(s->fd, SHUT_WR);
+  }
+}
+
+static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
+  ul_stream *s = arg;
+  (void)loop;
+  (void)events;
+  ssize_t n;
+  do
+    n = write(fd, s->wbuf + s->woff, pending(s));
+  while (n == -1 && errno == EINTR);
+  if (n == -1) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+      fatal(s, -errno);
+    return;
+  }
+  s->woff += (size_t)n;
+  maybe_resume_protocol(s);
+  if (s->lost_scheduled || pending(s) > 0)
+    return; /* resume_writing may have aborted the stream */
+  ul_loop_remove_writer(s->loop, s->fd);
+  s->writer_on = 0;
+  s->woff = s->wlen = 0;
+  if (s->closing)
+    schedule_lost(s, 0);
+  else
+    send_eof_if_due(s);
+}
+
+int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
+  if (s == NULL || iovcnt < 0 || (iov == NULL && iovcnt > 0))
+    return -EINVAL;
+  if (s->eof_wanted || s->closing)
+    return -EPIPE;
+  size_t total = 0;
+  for (int i = 0; i < iovcnt; i++)
+    total += iov[i].iov_len;
+  if (total == 0)
+    return 0;
+
+  size_t sent = 0;
+  if (pending(s) == 0) {
+    /* Nothing queued: straight to the kernel. */
+    ssize_t n;
+    do
+      n = writev(s->fd, iov, iovcnt);
+    while (n == -1 && errno == EINTR);
+    if (n == -1) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        fatal(s, -errno);
+        return 0; /* reported through connection_lost */
+      }
+      n = 0;
+    }
+    sent = (size_t)n;
+    if (sent == total)
+      return 0;
+  }
+  /* Queue what is left, skipping what was sent. */
+  size_t skip = sent;
+  for (int i = 0; i < iovcnt; i++) {
+    size_t len = iov[i].iov_len;
+    if (skip >= len) {
+      skip -= len;
+      continue;
+    }
+    int err = wbuf_append(s, (const char *)iov[i].iov_base + skip,
+                          len - skip);
+    if (err)
+      return err;
+    skip = 0;
+  }
+  if (!s->writer_on) {
+    if (ul_loop_add_writer(s->loop, s->fd, write_ready, s) != 0) {
+      fatal(s, -EBADF);
+      return 0;
+    }
+    s->writer_on = 1;
+  }
+  maybe_pause_protocol(s);
+  return 0;
+}
+
+int ul_stream_write(ul_stream *s, const void *data, size_t len) {
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  if (data == NULL && len > 0)
+    return -EINVAL;
+  return ul_stream_writev(s, &iov, 1);
+}
+
+int ul_stream_can_write_eof(const ul_stream *s) {
+  return s != NULL && s->is_socket;
+}
+
+int ul_stream_write_eof(ul_stream *s) {
+  if (s == NULL)
+    return -EINVAL;
+  if (!s->is_socket)
+    return -ENOTSUP;
+  if (s->closing || s->eof_wanted)
+    return 0;
+  s->eof_wanted = 1;
+  send_eof_if_due(s);
+  return 0;
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+int ul_stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
+                   void *ctx, ul_stream **stream_out) {
+  if (loop == NULL || proto == NULL || stream_out == NULL ||
+      (proto->data_received == NULL &&
+       (proto->get_buffer == NULL || proto->buffer_updated == NULL))) {
+    if (fd >= 0)
+      close(fd);
+    return -EINVAL;
+  }
+  int flags = fcntl(fd, F_GETFL);
+  if (fd < 0 || flags == -1)
+    return -EBADF;
+  if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == -1) {
+    int err = -errno;
+    close(fd);
+    return err;
+  }
+  ul_stream *s = calloc(1, sizeof *s);
+  if (s == NULL) {
+    close(fd);
+    return -ENOMEM;
+  }
+  int type;
+  socklen_t tlen = sizeof type;
+  s->loop = loop;
+  s->fd = fd;
+  s->proto = proto;
+  s->ctx = ctx;
+  s->high = UL_STREAM_HIGH_WATER;
+  s->low = UL_STREAM_HIGH_WATER / 4;
+  s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0;
+  int err = ul_loop_call_soon(loop, made_cb, s);
+  if (err) {
+    close(fd);
+    free(s);
+    return err;
+  }
+  s->next = loop->streams;
+  if (s->next != NULL)
+    s->next->prev = s;
+  loop->streams = s;
+  *stream_out = s;
+  return 0;
+}
+
+int ul_stream_close(ul_stream *s) {
+  if (s == NULL)
+    return -EINVAL;
+  if (s->closing)
+    return 0;
+  s->closing = 1;
+  if (s->reader_on) {
+    ul_loop_remove_reader(s->loop, s->fd);
+    s->reader_on = 0;
+  }
+  if (pending(s) == 0)
+    schedule_lost(s, 0);
+  /* else write_ready schedules it once the buffer is flushed */
+  return 0;
+}
+
+int ul_stream_abort(ul_stream *s) {
+  if (s == NULL)
+    return -EINVAL;
+  fatal(s, 0);
+  return 0;
+}
+
+int ul_stream_pause_reading(ul_stream *s) {
+  if (s == NULL)
+    return -EINVAL;
+  if (s->closing)
+    return -ESHUTDOWN;
+  if (s->paused)
+    return 0;
+  s->paused = 1;
+  if (s->reader_on) {
+    ul_loop_remove_reader(s->loop, s->fd);
+    s->reader_on = 0;
+  }
+  return 0;
+}
+
+int ul_stream_resume_reading(ul_stream *s) {
+  if (s == NULL)
+    return -EINVAL;
+  if (s->closing)
+    return -ESHUTDOWN;
+  if (!s->paused)
+    return 0;
+  s->paused = 0;
+  reader_start(s);
+  return 0;
+}
+
+int ul_stream_is_reading(const ul_stream *s) {
+  return s != NULL && !s->paused && !s->closing;
+}
+
+int ul_stream_is_closing(const ul_stream *s) {
+  return s != NULL && s->closing;
+}
+
+size_t ul_stream_get_write_buffer_size(const ul_stream *s) {
+  return s ? pending(s) : 0;
+}
+
+int ul_stream_set_write_buffer_limits(ul_stream *s, ssize_t high,
+                                      ssize_t low) {
+  if (s == NULL)
+    return -EINVAL;
+  /* asyncio's _set_write_buffer_limits */
+  if (high < 0)
+    high = low < 0 ? UL_STREAM_HIGH_WATER : 4 * low;
+  if (low < 0)
+    low = high / 4;
+  if (low > high)
+    return -EINVAL;
+  s->high = (size_t)high;
+  s->low = (size_t)low;
+  maybe_pause_protocol(s);
+  return 0;
+}
+
+void ul_stream_get_write_buffer_limits(const ul_stream *s, size_t *low,
+                                       size_t *high) {
+  if (s == NULL)
+    return;
+  if (low != NULL)
+    *low = s->low;
+  if (high != NULL)
+    *high = s->high;
+}
+
+int ul_stream_fileno(const ul_stream *s) {
+  return s ? s->fd : -1;
+}
+
+ul_loop *ul_stream_get_loop(const ul_stream *s) {
+  return s ? s->loop : NULL;
+}
+
+void *ul_stream_get_context(const ul_stream *s) {
+  return s ? s->ctx : NULL;
+}
