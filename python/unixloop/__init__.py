@@ -109,43 +109,40 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
     # sock_recv and friends: asyncio's code, with the waiting half in C
     # (_sock_recv_wait registers the reader and removes it when done).
 
-    async def sock_recv(self, sock, n):
-        """Receive up to n bytes from a non-blocking socket."""
+    def _check_sock(self, sock):
+        """asyncio's checks before every sock_* call."""
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
+
+    async def sock_recv(self, sock, n):
+        """Receive up to n bytes from a non-blocking socket."""
+        self._check_sock(sock)
         data = self._sock_try_recv(sock, n)
         if data is not None:
             return data
         return await self._sock_recv_wait(sock, 'recv', n)
 
-    async def sock_recv_into(self, sock, buf):
-        """Receive data from a non-blocking socket into buf."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
+    async def _sock_read(self, sock, method, arg):
+        # Try sock.<method>(arg) now; wait for readability if it would block.
+        self._check_sock(sock)
         try:
-            return sock.recv_into(buf)
+            return getattr(sock, method)(arg)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._sock_recv_wait(sock, 'recv_into', buf)
+        return await self._sock_recv_wait(sock, method, arg)
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive data from a non-blocking socket into buf."""
+        return await self._sock_read(sock, 'recv_into', buf)
 
     async def sock_recvfrom(self, sock, bufsize):
         """Receive a datagram of up to bufsize bytes: (data, address)."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
-        try:
-            return sock.recvfrom(bufsize)
-        except (BlockingIOError, InterruptedError):
-            pass
-        return await self._sock_recv_wait(sock, 'recvfrom', bufsize)
+        return await self._sock_read(sock, 'recvfrom', bufsize)
 
     async def sock_sendall(self, sock, data):
         """Send all of data to a connected non-blocking socket."""
-        base_events._check_ssl_socket(sock)
-        if self._debug and sock.gettimeout() != 0:
-            raise ValueError("the socket must be non-blocking")
+        self._check_sock(sock)
         n = self._sock_try_send(sock, data)
         if n == len(data):
             return
