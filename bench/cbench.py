@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""C micro-benchmarks: libunixloop (ul_bench) against libuv (uv_bench).
+"""C benchmarks: libunixloop against libuv (and raw epoll for streams).
 
-Builds both with bench/Makefile, runs every workload on both as fresh
-processes, interleaved (run 1 uv, run 1 ul, run 2 uv, ...), and prints the
-medians with ul/uv ratios.  See README.md.
+Micro-benchmarks: ul_bench vs uv_bench.  Stream benchmarks (pingpong_*,
+pump_*): ul_stream vs uv_stream vs raw_stream (bare epoll, the physical
+limit).  Builds everything with bench/Makefile, runs every workload as fresh
+processes, interleaved (run 1 of each program, then run 2 of each, ...), and
+prints the medians with ratios.  See README.md.
 
     python3 bench/cbench.py                 # 5 runs each
     python3 bench/cbench.py --quick         # smoke test
     python3 bench/cbench.py --ul-build build-release --only 'timers*'
+    python3 bench/cbench.py --only 'pingpong*,pump*'
 """
 
 import argparse
@@ -47,6 +50,122 @@ WORKLOADS = {
 }
 
 
+# Stream workloads: case -> (arguments, quick -n, -n for the untimed -V check,
+# metric, rows).  Every program takes the same arguments (stream_common.h);
+# a row may add options for one implementation, e.g. ("raw", ["-q", "4"]).
+# Rows share runs: each distinct command runs once per round.
+_PUMP_ROWS = [
+    ("", {}),
+    (" [raw -q 4]", {"raw": ["-q", "4"]}),
+    (" [ul -H 0]", {"ul": ["-H", "0"]}),
+]
+STREAM_WORKLOADS = {}
+for _t in ("unix", "tcp"):
+    STREAM_WORKLOADS["pingpong_%s_1conn_64B" % _t] = (
+        ["pingpong", "-t", _t, "-c", "1", "-s", "64", "-n", "100000"],
+        "10000", "2000", "roundtrips/s", [("", {})])
+    STREAM_WORKLOADS["pingpong_%s_16conn_1k" % _t] = (
+        ["pingpong", "-t", _t, "-c", "16", "-s", "1k", "-n", "300000"],
+        "30000", "4000", "roundtrips/s", [("", {})])
+for _t in ("unix", "tcp", "pipe"):
+    STREAM_WORKLOADS["pump_%s_2G" % _t] = (
+        ["pump", "-t", _t, "-n", "2G"], "256M", "64M", "MB/s", _PUMP_ROWS)
+STREAM_IMPLS = ("raw", "uv", "ul")
+
+
+def with_n(args, n):
+    args = list(args)
+    args[args.index("-n") + 1] = n
+    return args
+
+
+def print_table(header, rows, left):
+    table = [header] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for j, r in enumerate(table):
+        cells = [r[i].ljust(widths[i]) if i in left else r[i].rjust(widths[i])
+                 for i in range(len(r))]
+        print("| " + " | ".join(cells) + " |")
+        if j == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
+def spread_of(*lists):
+    spread = None
+    for vals in lists:
+        if len(vals) > 1 and statistics.median(vals):
+            s = (max(vals) - min(vals)) / statistics.median(vals)
+            spread = s if spread is None else max(spread, s)
+    return spread
+
+
+def run_streams(names, args, repeat, bins, have_ul, jf):
+    """Runs the stream workloads; returns (rows, failed)."""
+    rows = []
+    failed = False
+    impls = [i for i in STREAM_IMPLS if i != "ul" or have_ul]
+    for name in names:
+        base, quick_n, check_n, metric, row_defs = STREAM_WORKLOADS[name]
+        if args.quick:
+            base = with_n(base, quick_n)
+        # The distinct commands of this workload, in run order.
+        cmds = []
+        for _, extra in row_defs:
+            for impl in impls:
+                cmd = [bins[impl]] + base + extra.get(impl, [])
+                if (impl, cmd) not in cmds:
+                    cmds.append((impl, cmd))
+        # Correctness first (untimed): every byte checked (-V), small -n.
+        for impl, cmd in cmds:
+            try:
+                run_one(with_n(cmd, check_n) + ["-V"])
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                failed = True
+                print("  %s %s -V check: FAILED: %s" % (name, impl, e),
+                      file=sys.stderr)
+        results = {}
+        for run in range(1, repeat + 1):
+            for impl, cmd in cmds:
+                short = " ".join([os.path.basename(cmd[0])] + cmd[1:])
+                try:
+                    res = run_one(cmd)
+                except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                    failed = True
+                    print("  %s run %d %s: FAILED: %s" % (name, run, short, e),
+                          file=sys.stderr)
+                    continue
+                results.setdefault(short, []).append(res)
+                print("  %-22s run %d %-48s %s %s (user %.2f s, sys %.2f s)" % (
+                    name, run, short, fmt(res["rate"]), res["unit"],
+                    res["user"], res["sys"]), file=sys.stderr)
+                if jf:
+                    rec = dict(res)  # its "workload" is pingpong / pump
+                    rec.update({"case": name, "impl": impl, "run": run,
+                                "command": short, "time": time.time()})
+                    jf.write(json.dumps(rec) + "\n")
+                    jf.flush()
+        for label, extra in row_defs:
+            shorts = {}
+            meds = {}
+            vals = {}
+            for impl in STREAM_IMPLS:
+                cmd = [bins[impl]] + base + extra.get(impl, [])
+                shorts[impl] = " ".join([os.path.basename(cmd[0])] + cmd[1:])
+                vals[impl] = [r["rate"] for r in results.get(shorts[impl], [])]
+                meds[impl] = statistics.median(vals[impl]) if vals[impl] else None
+
+            def ratio(a, b):
+                return "%.2fx" % (meds[a] / meds[b]) if meds[a] and meds[b] else "-"
+            sp = spread_of(*vals.values())
+            rows.append([name + label, metric, fmt(meds["raw"]), fmt(meds["uv"]),
+                         fmt(meds["ul"]), ratio("ul", "uv"), ratio("ul", "raw"),
+                         ratio("uv", "raw"),
+                         "%.0f%%" % (sp * 100) if sp is not None else "-",
+                         shorts["raw"], shorts["uv"],
+                         shorts["ul"] if have_ul else "-"])
+    return rows, failed
+
+
 def fmt(v):
     if v is None:
         return "-"
@@ -57,21 +176,24 @@ def fmt(v):
     return "%.0f" % v
 
 
-def build(ul_build, want_ul):
+def build(ul_build, want_ul, ul_include=None):
     p = subprocess.run(["make", "-C", HERE, "all"], capture_output=True, text=True)
     if p.returncode != 0:
         sys.stderr.write(p.stdout + p.stderr)
-        sys.exit("cannot build uv_bench (is libuv1-dev installed?)")
+        sys.exit("cannot build uv_bench/uv_stream/raw_stream "
+                 "(is libuv1-dev installed?)")
     if not want_ul:
         return None
     lib = os.path.join(ul_build, "libunixloop.a")
     if not os.path.exists(lib):
         return "no %s (build the project first: cmake -B build && cmake --build build)" % lib
-    p = subprocess.run(["make", "-C", HERE, "ul_bench", "UL_BUILD=" + ul_build],
+    extra = ["UL_INCLUDE=" + ul_include] if ul_include else []
+    p = subprocess.run(["make", "-C", HERE, "ul_bench", "ul_stream",
+                        "UL_BUILD=" + ul_build] + extra,
                        capture_output=True, text=True)
     if p.returncode != 0:
         lines = (p.stdout + p.stderr).strip().splitlines()
-        return "cannot build ul_bench: " + (lines[-1] if lines else "?")
+        return "cannot build ul_bench/ul_stream: " + (lines[-1] if lines else "?")
     return None
 
 
@@ -93,21 +215,29 @@ def main(argv=None):
     ap.add_argument("--ul-build", default=os.path.join(HERE, "..", "build"),
                     help="the project's CMake build dir with libunixloop.a "
                     "(default: ../build from bench/)")
-    ap.add_argument("--no-ul", action="store_true", help="run libuv only")
+    ap.add_argument("--ul-include", default=None,
+                    help="dir with the unixloop.h matching --ul-build "
+                    "(default: ../include from bench/)")
+    ap.add_argument("--no-ul", action="store_true",
+                    help="run libuv (and raw epoll) only")
     ap.add_argument("--json", metavar="FILE", help="append one JSON line per run")
     args = ap.parse_args(argv)
 
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     names = list(WORKLOADS)
+    stream_names = list(STREAM_WORKLOADS)
     if args.only:
         pats = args.only.split(",")
         names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-        if not names:
+        stream_names = [n for n in stream_names
+                        if any(fnmatch.fnmatchcase(n, p) for p in pats)]
+        if not names and not stream_names:
             sys.exit("no workload matches %r" % args.only)
 
     ul_build = os.path.abspath(args.ul_build)
     notes = []
-    skip = build(ul_build, not args.no_ul)
+    ul_include = os.path.abspath(args.ul_include) if args.ul_include else None
+    skip = build(ul_build, not args.no_ul, ul_include)
     have_ul = not args.no_ul and skip is None
     if skip:
         notes.append("note: skipping ul_bench: " + skip)
@@ -164,22 +294,27 @@ def main(argv=None):
                          "%.2fx" % (med_ul / med_uv) if med_uv and med_ul else "-",
                          "%.0f%%" % (spread * 100) if spread is not None else "-",
                          uv_cmd, "ul_bench %s -n %d" % (name, n)])
+    bins = {impl: os.path.join(HERE, "build", impl + "_stream")
+            for impl in STREAM_IMPLS}
+    stream_rows, stream_failed = run_streams(stream_names, args, repeat, bins,
+                                             have_ul, jf)
+    failed = failed or stream_failed
     if jf:
         jf.close()
 
-    header = ["case", "metric", "libuv", "unixloop", "ul/uv", "spread",
-              "libuv command", "unixloop command"]
-    table = [header] + rows
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     print()
     print("%d run(s) each, interleaved, medians; spread = worst (max-min)/median; "
           "%.0f s in all" % (repeat, time.time() - t_start))
-    for j, r in enumerate(table):
-        cells = [r[i].ljust(widths[i]) if i in (0, 1, 6, 7) else r[i].rjust(widths[i])
-                 for i in range(len(r))]
-        print("| " + " | ".join(cells) + " |")
-        if j == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if rows:
+        print_table(["case", "metric", "libuv", "unixloop", "ul/uv", "spread",
+                     "libuv command", "unixloop command"], rows, (0, 1, 6, 7))
+    if stream_rows:
+        if rows:
+            print()
+        print_table(["case", "metric", "raw epoll", "libuv", "unixloop", "ul/uv",
+                     "ul/raw", "uv/raw", "spread", "raw command",
+                     "libuv command", "unixloop command"],
+                    stream_rows, (0, 1, 9, 10, 11))
     for note in notes:
         print(note)
     return 1 if failed else 0
