@@ -354,8 +354,10 @@ UL_EXTERN void *ul_loop_get_writer(const ul_loop *loop, int fd);
 typedef struct ul_stream ul_stream;
 
 /* The protocol: asyncio's Protocol / BufferedProtocol as a table of
- * callbacks, all called on the loop, never from inside a ul_stream_*
- * call.  `ctx` is the pointer given to ul_stream_open(). */
+ * callbacks, all called on the loop, never from inside a ul_stream_* call
+ * -- except pause_writing, which runs inside the ul_stream_write /
+ * ul_stream_set_write_buffer_limits call that crosses the high-water mark,
+ * as in asyncio.  `ctx` is the pointer given to ul_stream_open(). */
 typedef struct ul_stream_protocol {
   /* First callback, in the iteration after ul_stream_open().  May be NULL. */
   void (*connection_made)(ul_stream *stream, void *ctx);
@@ -386,7 +388,11 @@ typedef struct ul_stream_protocol {
 
 /* Wraps a connected stream fd.  The stream takes the fd (sets it
  * non-blocking; closes it when the connection is lost, also on error
- * here).  connection_made runs in the next iteration, then reading starts.
+ * here).  connection_made runs in the next iteration, then reading starts
+ * (a write-only fd, such as a pipe's write end, is watched only for the
+ * peer going away; a read-only one refuses writes with -EPIPE).  Writes use
+ * send(MSG_NOSIGNAL) on sockets, so a peer that went away is -EPIPE, not
+ * SIGPIPE; for pipes, ignore SIGPIPE as asyncio (CPython) does.
  * `protocol` must stay valid until connection_lost has returned.
  * Errors: -EINVAL (NULL argument, no data callback), -EBADF, -ENOMEM. */
 UL_EXTERN int ul_stream_open(ul_loop *loop, int fd,
@@ -435,6 +441,18 @@ UL_EXTERN int ul_stream_set_write_buffer_limits(ul_stream *stream,
                                                 ssize_t high, ssize_t low);
 UL_EXTERN void ul_stream_get_write_buffer_limits(const ul_stream *stream,
                                                  size_t *low, size_t *high);
+
+/* Switches the protocol table and ctx (asyncio's set_protocol), e.g. from
+ * plain to buffered; the next callback goes to the new one.
+ * Errors: -EINVAL (NULL, or no data callback). */
+UL_EXTERN int ul_stream_set_protocol(ul_stream *stream,
+                                     const ul_stream_protocol *protocol,
+                                     void *ctx);
+
+/* From now on the stream does not close its fd when the connection is lost:
+ * the caller keeps owning it (a binding whose socket object closes the fd
+ * itself).  Returns the fd.  Errors: -EINVAL. */
+UL_EXTERN int ul_stream_release_fd(ul_stream *stream);
 
 /* The fd, the loop and the protocol's ctx. */
 UL_EXTERN int ul_stream_fileno(const ul_stream *stream);

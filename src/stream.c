@@ -12,6 +12,8 @@
  * freed after it returns.
  */
 #include <fcntl.h>
+#include <limits.h>
+#include <sys/uio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -46,6 +48,9 @@ struct ul_stream {
   unsigned lost_scheduled : 1;
   unsigned reader_on : 1;
   unsigned writer_on : 1;
+  unsigned fd_released : 1;     /* ul_stream_release_fd(): not ours to close */
+  unsigned write_only : 1;      /* e.g. a pipe's write end */
+  unsigned read_only : 1;
   int lost_err;
 };
 
@@ -64,7 +69,8 @@ static void stream_free(ul_stream *s) {
     s->loop->streams = s->next;
   if (s->next != NULL)
     s->next->prev = s->prev;
-  close(s->fd);
+  if (!s->fd_released)
+    close(s->fd);
   free(s->wbuf);
   free(s);
 }
@@ -84,6 +90,7 @@ void ul__streams_close_all(ul_loop *loop) {
   while (loop->streams != NULL) {
     ul_stream *s = loop->streams;
     s->closing = 1;
+    s->lost_scheduled = 1; /* nothing may schedule it again */
     if (s->made && s->proto->connection_lost != NULL)
       s->proto->connection_lost(s, -ECANCELED, s->ctx);
     stream_free(s);
@@ -159,6 +166,11 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
   ul_stream *s = arg;
   (void)loop;
   (void)events;
+  if (s->write_only) {
+    /* A write end becomes "readable" only when its reader went away. */
+    fatal(s, -EPIPE);
+    return;
+  }
   char *buf;
   size_t cap;
   int buffered = s->proto->get_buffer != NULL &&
@@ -236,7 +248,8 @@ static int wbuf_append(ul_stream *s, const char *data, size_t len) {
       char *nb = malloc(cap);
       if (nb == NULL)
         return -ENOMEM;
-      memcpy(nb, s->wbuf + s->woff, pending(s));
+      if (pending(s) > 0)
+        memcpy(nb, s->wbuf + s->woff, pending(s));
       free(s->wbuf);
       s->wbuf = nb;
       s->wcap = cap;
@@ -256,14 +269,41 @@ static void send_eof_if_due(ul_stream *s) {
   }
 }
 
+/* writev(), or sendmsg(MSG_NOSIGNAL) on a socket: a vanished peer is then
+ * EPIPE rather than a SIGPIPE that kills a C program.  At most IOV_MAX
+ * buffers per call; the caller queues the rest. */
+#ifndef IOV_MAX
+#define IOV_MAX 1024
+#endif
+
+static ssize_t stream_writev(ul_stream *s, const struct iovec *iov,
+                             int iovcnt) {
+  ssize_t n;
+  if (iovcnt > IOV_MAX)
+    iovcnt = IOV_MAX;
+  if (s->is_socket) {
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = (size_t)iovcnt;
+    do
+      n = sendmsg(s->fd, &msg, MSG_NOSIGNAL);
+    while (n == -1 && errno == EINTR);
+  } else {
+    do
+      n = writev(s->fd, iov, iovcnt);
+    while (n == -1 && errno == EINTR);
+  }
+  return n;
+}
+
 static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
   ul_stream *s = arg;
   (void)loop;
   (void)events;
-  ssize_t n;
-  do
-    n = write(fd, s->wbuf + s->woff, pending(s));
-  while (n == -1 && errno == EINTR);
+  (void)fd;
+  struct iovec iov = {.iov_base = s->wbuf + s->woff, .iov_len = pending(s)};
+  ssize_t n = stream_writev(s, &iov, 1);
   if (n == -1) {
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       fatal(s, -errno);
@@ -285,7 +325,7 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
 int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
   if (s == NULL || iovcnt < 0 || (iov == NULL && iovcnt > 0))
     return -EINVAL;
-  if (s->eof_wanted || s->closing)
+  if (s->eof_wanted || s->closing || s->read_only)
     return -EPIPE;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++)
@@ -296,10 +336,7 @@ int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
   size_t sent = 0;
   if (pending(s) == 0) {
     /* Nothing queued: straight to the kernel. */
-    ssize_t n;
-    do
-      n = writev(s->fd, iov, iovcnt);
-    while (n == -1 && errno == EINTR);
+    ssize_t n = stream_writev(s, iov, iovcnt);
     if (n == -1) {
       if (errno != EAGAIN && errno != EWOULDBLOCK) {
         fatal(s, -errno);
@@ -392,6 +429,8 @@ int ul_stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
   s->high = UL_STREAM_HIGH_WATER;
   s->low = UL_STREAM_HIGH_WATER / 4;
   s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0;
+  s->write_only = (flags & O_ACCMODE) == O_WRONLY;
+  s->read_only = (flags & O_ACCMODE) == O_RDONLY && !s->is_socket;
   int err = ul_loop_call_soon(loop, made_cb, s);
   if (err) {
     close(fd);
@@ -425,6 +464,8 @@ int ul_stream_close(ul_stream *s) {
 int ul_stream_abort(ul_stream *s) {
   if (s == NULL)
     return -EINVAL;
+  if (s->lost_scheduled)
+    return 0; /* connection_lost is coming (or running) already */
   fatal(s, 0);
   return 0;
 }
@@ -493,6 +534,24 @@ void ul_stream_get_write_buffer_limits(const ul_stream *s, size_t *low,
     *low = s->low;
   if (high != NULL)
     *high = s->high;
+}
+
+int ul_stream_set_protocol(ul_stream *s, const ul_stream_protocol *proto,
+                           void *ctx) {
+  if (s == NULL || proto == NULL ||
+      (proto->data_received == NULL &&
+       (proto->get_buffer == NULL || proto->buffer_updated == NULL)))
+    return -EINVAL;
+  s->proto = proto;
+  s->ctx = ctx;
+  return 0;
+}
+
+int ul_stream_release_fd(ul_stream *s) {
+  if (s == NULL)
+    return -EINVAL;
+  s->fd_released = 1;
+  return s->fd;
 }
 
 int ul_stream_fileno(const ul_stream *s) {

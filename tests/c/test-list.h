@@ -334,14 +334,9 @@ TASK_LIST_START
   TEST_ENTRY(stream_pause_resume_reading)
   TEST_ENTRY(stream_loop_close_cancels)
   TEST_ENTRY(stream_invalid_args)
-#if 0
-  /* Library bugs found by test-stream.c (see the comment above each test):
-   * re-enable each (remove the "//") once src/stream.c is fixed.  The
-   * "//" also keeps tests/c/CMakeLists.txt from registering them. */
-  // TEST_ENTRY(stream_writev_more_than_iov_max)     -> connection_lost(-EINVAL)
-  // TEST_ENTRY(stream_pipe_reader_gone_idle)        -> connection_lost(-EBADF)
-  // TEST_ENTRY(stream_abort_in_lost_at_loop_close)  -> connection_lost twice
-  // TEST_ENTRY(stream_callbacks_never_inside_calls) -> pause_writing in write
-  // TEST_ENTRY(stream_first_queued_write_no_ub)     -> UBSan: memcpy(.., NULL, 0)
-#endif
+  TEST_ENTRY(stream_writev_more_than_iov_max)
+  TEST_ENTRY(stream_pipe_reader_gone_idle)
+  TEST_ENTRY(stream_abort_in_lost_at_loop_close)
+  TEST_ENTRY(stream_callbacks_never_inside_calls)
+  TEST_ENTRY(stream_first_queued_write_no_ub)
 TASK_LIST_END
