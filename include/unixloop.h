@@ -381,6 +381,10 @@ typedef struct ul_stream_protocol {
    * the low-water mark.  May be NULL. */
   void (*pause_writing)(ul_stream *stream, void *ctx);
   void (*resume_writing)(ul_stream *stream, void *ctx);
+  /* The write buffer has just been flushed to the kernel (it had bytes
+   * queued).  May be NULL.  For code that must wait for an empty buffer,
+   * such as asyncio's native sendfile. */
+  void (*write_drained)(ul_stream *stream, void *ctx);
 } ul_stream_protocol;
 
 /* Default write buffer limits, as asyncio's. */

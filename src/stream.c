@@ -316,10 +316,13 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
   ul_loop_remove_writer(s->loop, s->fd);
   s->writer_on = 0;
   s->woff = s->wlen = 0;
-  if (s->closing)
+  if (s->closing) {
     schedule_lost(s, 0);
-  else
-    send_eof_if_due(s);
+    return;
+  }
+  send_eof_if_due(s);
+  if (s->proto->write_drained != NULL)
+    s->proto->write_drained(s, s->ctx);
 }
 
 int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {

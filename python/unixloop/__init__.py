@@ -21,7 +21,8 @@ import selectors
 import sys
 import threading
 import weakref
-from asyncio import base_events, events, unix_events
+import socket
+from asyncio import base_events, constants, events, futures, trsock, unix_events
 
 from . import _core
 
@@ -156,6 +157,33 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
             functools.partial(self._sock_write_done, fd, handle=handle))
         return await fut
 
+    def _make_socket_transport(self, sock, protocol, waiter=None, *,
+                               extra=None, server=None):
+        """asyncio's socket transport, on a libunixloop stream."""
+        if type(sock) is not socket.socket:
+            return super()._make_socket_transport(
+                sock, protocol, waiter, extra=extra, server=server)
+        # What asyncio's _SelectorTransport.__init__ does besides I/O.
+        extra = dict(extra) if extra else {}
+        extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            extra['sockname'] = sock.getsockname()
+        except OSError:
+            extra['sockname'] = None
+        if 'peername' not in extra:
+            try:
+                extra['peername'] = sock.getpeername()
+            except socket.error:
+                extra['peername'] = None
+        base_events._set_nodelay(sock)
+        transport = _core.SocketTransport(self, sock, protocol, extra, server)
+        self._transports[sock.fileno()] = transport
+        if server is not None:
+            server._attach()
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.
         if not handle._cancelled:
@@ -174,6 +202,12 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
     def __repr__(self):
         return (f'<{type(self).__name__} running={self.is_running()} '
                 f'closed={self.is_closed()} debug={self.get_debug()}>')
+
+
+# What asyncio's code asks of a socket transport: loop.sendfile() may use
+# os.sendfile on its socket; start_tls() may wrap it.
+_core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+_core.SocketTransport._start_tls_compatible = True
 
 
 def new_event_loop():

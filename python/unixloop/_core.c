@@ -1043,6 +1043,18 @@ static int after_poll(ul_loop *ul, int poll_err, void *arg) {
 static PyObject *run_result(LoopObj *self, int err) {
   if (self->failed) {
     self->failed = 0;
+    if (self->pending_exc_type != NULL) {
+      if (PyErr_Occurred()) {
+        Py_CLEAR(self->pending_exc_type);
+        Py_CLEAR(self->pending_exc);
+        Py_CLEAR(self->pending_exc_tb);
+      } else {
+        PyErr_Restore(self->pending_exc_type, self->pending_exc,
+                      self->pending_exc_tb);
+        self->pending_exc_type = self->pending_exc = NULL;
+        self->pending_exc_tb = NULL;
+      }
+    }
     if (PyErr_Occurred())
       return NULL;
   }
@@ -1389,7 +1401,7 @@ static int core_exec(PyObject *mod) {
       !st->str_check_callback || !st->str_Task || !st->str_Future ||
       !st->kw_loop || !st->kw_task)
     return -1;
-  if (ulpy_sock_exec(mod, st) < 0)
+  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0)
     return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
@@ -1407,6 +1419,7 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->TimerHandleType);
   Py_VISIT(st->LoopType);
   Py_VISIT(st->SockOpType);
+  Py_VISIT(st->TransportType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1419,6 +1432,7 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->TimerHandleType);
   Py_CLEAR(st->LoopType);
   Py_CLEAR(st->SockOpType);
+  Py_CLEAR(st->TransportType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);

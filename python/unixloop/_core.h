@@ -28,6 +28,7 @@ typedef struct {
   PyObject *kw_loop;          /* ("loop",) */
   PyObject *kw_task;          /* ("loop", "name", "context") */
   PyTypeObject *SockOpType;  /* _core_sock.c */
+  PyTypeObject *TransportType; /* _core_transport.c */
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -64,6 +65,9 @@ struct LoopObj {
   int debug;
   int stopping;
   int failed;              /* a callback raised SystemExit/KeyboardInterrupt */
+  PyObject *pending_exc_type; /* such an exception, kept aside while the */
+  PyObject *pending_exc;      /* iteration's other callbacks run */
+  PyObject *pending_exc_tb;
   PyObject *task_factory;  /* asyncio's loop._task_factory */
   double slow_callback_duration;
 };
@@ -78,6 +82,9 @@ PyObject *ulpy_add_watcher(LoopObj *self, PyObject *const *args,
                            Py_ssize_t nargs, int reading);
 PyObject *ulpy_remove_watcher(LoopObj *self, PyObject *fileobj, int reading);
 PyObject *ulpy_create_future(LoopObj *self);
+
+/* _core_transport.c */
+int ulpy_transport_exec(PyObject *mod, core_state *st);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

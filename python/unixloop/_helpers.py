@@ -58,3 +58,21 @@ def create_task_with_factory(loop, coro, name, context):
     tasks._set_task_name(task, name)
     return task
 
+
+
+def warn_send_after_close():
+    # asyncio's transports say this from the fifth write after the
+    # connection was lost.
+    logger.warning('socket.send() raised exception.')
+
+
+def water_marks(high, low):
+    """asyncio's _set_write_buffer_limits arithmetic and checks."""
+    if high is None:
+        high = 64 * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(
+            f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
+    return high, low

@@ -1,0 +1,784 @@
+/*
+ * _core_transport.c -- SocketTransport: asyncio's socket transport on a
+ * libunixloop stream.
+ *
+ * The type derives from asyncio.Transport (its struct starts with the
+ * `_extra` slot of asyncio's BaseTransport), so isinstance() checks,
+ * get_extra_info() and writelines() are asyncio's own.  Reading, writing,
+ * flow control and closing are libunixloop's ul_stream; this file turns its
+ * callbacks into calls of the Python protocol with asyncio's error handling.
+ *
+ * Lifetime: the stream holds a reference to the transport from
+ * ul_stream_open() until connection_lost, which also closes the Python
+ * socket object (the stream was told not to close the fd itself).
+ */
+#include "_core.h"
+
+#include <structmember.h>
+
+#define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
+
+typedef struct {
+  PyObject_HEAD
+  PyObject *extra;          /* asyncio BaseTransport.__slots__ = ('_extra',) */
+  PyObject *fc_slots[4];    /* _FlowControlMixin's four slots: unused, their
+                               names are served by the getters below */
+  ul_stream *stream;        /* NULL once the connection is lost */
+  LoopObj *loop;
+  PyObject *protocol;
+  PyObject *data_received;  /* bound method, or NULL for a buffered one */
+  PyObject *get_buffer;
+  PyObject *buffer_updated;
+  PyObject *sock;
+  PyObject *server;
+  PyObject *lost_exc;       /* what connection_lost will be given */
+  PyObject *empty_waiter;   /* asyncio's: a future for an empty buffer */
+  PyObject *dict;
+  PyObject *weakreflist;
+  Py_buffer rbuf;           /* the protocol's buffer during a read */
+  int has_rbuf;
+  int protocol_paused;      /* pause_writing called, resume_writing not yet */
+  int fd;
+  int conn_lost;
+  int eof;
+} TransportObj;
+
+/* ---- calling the protocol --------------------------------------------------- */
+
+/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
+ * callback: keep it aside and stop the loop after this iteration; the other
+ * callbacks of the iteration still run (their data was already read). */
+static void stash_fatal(TransportObj *t) {
+  LoopObj *loop = t->loop;
+  if (loop->pending_exc_type == NULL)
+    PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
+                &loop->pending_exc_tb);
+  else
+    PyErr_Clear();
+  loop->failed = 1;
+  if (loop->ul != NULL)
+    ul_loop_break(loop->ul, -EINTR);
+}
+
+static void call_exception_handler(TransportObj *t, const char *message,
+                                   PyObject *exc) {
+  PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
+                                "exception", exc ? exc : Py_None,
+                                "transport", (PyObject *)t, "protocol",
+                                t->protocol ? t->protocol : Py_None);
+  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)t->loop,
+                                          "call_exception_handler", "(O)",
+                                          ctx)
+                    : NULL;
+  Py_XDECREF(ctx);
+  if (r == NULL) {
+    if (ulpy_is_fatal_exception())
+      stash_fatal(t);
+    else
+      PyErr_WriteUnraisable((PyObject *)t);
+  }
+  Py_XDECREF(r);
+}
+
+/* asyncio's _fatal_error: report (unless an OSError), then abort with the
+ * exception as connection_lost's argument.  Takes the current exception. */
+static void fatal_error(TransportObj *t, const char *message) {
+  if (ulpy_is_fatal_exception()) {
+    stash_fatal(t);
+    return;
+  }
+  PyObject *type, *exc, *tb;
+  PyErr_Fetch(&type, &exc, &tb);
+  PyErr_NormalizeException(&type, &exc, &tb);
+  if (tb != NULL)
+    PyException_SetTraceback(exc, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  if (!PyObject_IsInstance(exc, PyExc_OSError) || PyErr_Occurred()) {
+    PyErr_Clear();
+    call_exception_handler(t, message, exc);
+  }
+  if (t->lost_exc == NULL)
+    t->lost_exc = exc;
+  else
+    Py_DECREF(exc);
+  if (t->stream != NULL)
+    ul_stream_abort(t->stream);
+}
+
+static void release_rbuf(TransportObj *t) {
+  if (t->has_rbuf) {
+    PyBuffer_Release(&t->rbuf);
+    t->has_rbuf = 0;
+  }
+}
+
+static void on_made(ul_stream *stream, void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  PyObject *r = PyObject_CallMethod(t->protocol, "connection_made", "(O)",
+                                    (PyObject *)t);
+  if (r == NULL) {
+    if (ulpy_is_fatal_exception()) {
+      stash_fatal(t);
+      return;
+    }
+    /* As an exception in asyncio's call_soon'd connection_made. */
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    call_exception_handler(t, "Exception in callback connection_made()",
+                           exc);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+  }
+  Py_XDECREF(r);
+}
+
+static void on_data(ul_stream *stream, const char *data, size_t len,
+                    void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+  PyObject *r = bytes ? PyObject_CallOneArg(t->data_received, bytes) : NULL;
+  Py_XDECREF(bytes);
+  if (r == NULL)
+    fatal_error(t, "Fatal error: protocol.data_received() call failed.");
+  Py_XDECREF(r);
+}
+
+static char *on_get_buffer(ul_stream *stream, size_t hint, size_t *len,
+                           void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  (void)hint;
+  release_rbuf(t);
+  PyObject *minus_one = PyLong_FromLong(-1);
+  PyObject *buf = minus_one ? PyObject_CallOneArg(t->get_buffer, minus_one)
+                            : NULL;
+  Py_XDECREF(minus_one);
+  if (buf != NULL &&
+      PyObject_GetBuffer(buf, &t->rbuf, PyBUF_WRITABLE | PyBUF_SIMPLE) == 0) {
+    t->has_rbuf = 1;
+    if (t->rbuf.len == 0) {
+      release_rbuf(t);
+      PyErr_SetString(PyExc_RuntimeError,
+                      "get_buffer() returned an empty buffer");
+    }
+  }
+  Py_XDECREF(buf);
+  if (!t->has_rbuf) {
+    fatal_error(t, "Fatal error: protocol.get_buffer() call failed.");
+    /* The stream is aborted: give it a place to read nothing into. */
+    static char sink[1];
+    *len = 1;
+    return sink;
+  }
+  *len = (size_t)t->rbuf.len;
+  return t->rbuf.buf;
+}
+
+static void on_buffer_updated(ul_stream *stream, size_t nbytes, void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  release_rbuf(t);
+  if (ul_stream_is_closing(t->stream))
+    return; /* get_buffer failed and aborted */
+  PyObject *n = PyLong_FromSize_t(nbytes);
+  PyObject *r = n ? PyObject_CallOneArg(t->buffer_updated, n) : NULL;
+  Py_XDECREF(n);
+  if (r == NULL)
+    fatal_error(t, "Fatal error: protocol.buffer_updated() call failed.");
+  Py_XDECREF(r);
+}
+
+static int on_eof(ul_stream *stream, void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  release_rbuf(t);
+  PyObject *r = PyObject_CallMethod(t->protocol, "eof_received", NULL);
+  if (r == NULL) {
+    fatal_error(t, "Fatal error: protocol.eof_received() call failed.");
+    return 1; /* aborted already */
+  }
+  int keep_open = PyObject_IsTrue(r);
+  Py_DECREF(r);
+  if (keep_open < 0) {
+    fatal_error(t, "Fatal error: protocol.eof_received() call failed.");
+    return 1;
+  }
+  return keep_open;
+}
+
+static void flow_call(TransportObj *t, const char *method,
+                      const char *message) {
+  PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
+  if (r == NULL) {
+    if (ulpy_is_fatal_exception()) {
+      stash_fatal(t);
+      return;
+    }
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    call_exception_handler(t, message, exc);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+  }
+  Py_XDECREF(r);
+}
+
+static void on_pause_writing(ul_stream *stream, void *ctx) {
+  (void)stream;
+  ((TransportObj *)ctx)->protocol_paused = 1;
+  flow_call(ctx, "pause_writing", "protocol.pause_writing() failed");
+}
+
+static void on_resume_writing(ul_stream *stream, void *ctx) {
+  (void)stream;
+  ((TransportObj *)ctx)->protocol_paused = 0;
+  flow_call(ctx, "resume_writing", "protocol.resume_writing() failed");
+}
+
+static void on_drained(ul_stream *stream, void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  if (t->empty_waiter == NULL)
+    return;
+  PyObject *r = PyObject_CallMethod(t->empty_waiter, "done", NULL);
+  int done = r ? PyObject_IsTrue(r) : -1;
+  Py_XDECREF(r);
+  r = done == 0 ? PyObject_CallMethod(t->empty_waiter, "set_result", "(O)",
+                                      Py_None)
+                : NULL;
+  if (r == NULL && PyErr_Occurred())
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+}
+
+/* asyncio: a sendfile waiting for an empty buffer learns the connection
+ * is gone. */
+static void fail_empty_waiter(TransportObj *t) {
+  if (t->empty_waiter == NULL)
+    return;
+  PyObject *r = PyObject_CallMethod(t->empty_waiter, "done", NULL);
+  int done = r ? PyObject_IsTrue(r) : -1;
+  Py_XDECREF(r);
+  if (done == 0) {
+    PyObject *exc = PyObject_CallFunction(PyExc_ConnectionError, "s",
+                                          "Connection is closed by peer");
+    r = exc ? PyObject_CallMethod(t->empty_waiter, "set_exception", "(O)",
+                                  exc)
+            : NULL;
+    Py_XDECREF(exc);
+    Py_XDECREF(r);
+  }
+  if (PyErr_Occurred())
+    PyErr_WriteUnraisable((PyObject *)t);
+}
+
+static PyObject *exception_from_errno(int err) {
+  return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
+}
+
+/* asyncio's _call_connection_lost. */
+static void on_lost(ul_stream *stream, int err, void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  release_rbuf(t);
+  t->stream = NULL;
+  fail_empty_waiter(t);
+  PyObject *exc = t->lost_exc;
+  t->lost_exc = NULL;
+  if (exc == NULL && err != 0 && err != -ECANCELED)
+    exc = exception_from_errno(err);
+  PyErr_Clear();
+  PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
+                                    exc ? exc : Py_None);
+  if (r == NULL) {
+    if (ulpy_is_fatal_exception()) {
+      stash_fatal(t);
+    } else {
+      PyObject *type, *e, *tb;
+      PyErr_Fetch(&type, &e, &tb);
+      PyErr_NormalizeException(&type, &e, &tb);
+      call_exception_handler(t, "Exception in callback connection_lost()",
+                             e);
+      Py_XDECREF(type);
+      Py_XDECREF(e);
+      Py_XDECREF(tb);
+    }
+  }
+  Py_XDECREF(r);
+  Py_XDECREF(exc);
+  /* The socket object owns the fd. */
+  PyObject *type, *e, *tb;
+  PyErr_Fetch(&type, &e, &tb);
+  r = PyObject_CallMethod(t->sock, "close", NULL);
+  Py_XDECREF(r);
+  if (t->server != NULL && t->server != Py_None) {
+    r = PyObject_CallMethod(t->server, "_detach", NULL);
+    Py_XDECREF(r);
+  }
+  if (PyErr_Occurred())
+    PyErr_WriteUnraisable((PyObject *)t);
+  PyErr_Restore(type, e, tb);
+  Py_CLEAR(t->server);
+  Py_DECREF(t); /* the stream's reference */
+}
+
+static const ul_stream_protocol plain_protocol = {
+    .connection_made = on_made,
+    .data_received = on_data,
+    .eof_received = on_eof,
+    .connection_lost = on_lost,
+    .pause_writing = on_pause_writing,
+    .resume_writing = on_resume_writing,
+    .write_drained = on_drained,
+};
+
+static const ul_stream_protocol buffered_protocol = {
+    .connection_made = on_made,
+    .get_buffer = on_get_buffer,
+    .buffer_updated = on_buffer_updated,
+    .eof_received = on_eof,
+    .connection_lost = on_lost,
+    .pause_writing = on_pause_writing,
+    .resume_writing = on_resume_writing,
+    .write_drained = on_drained,
+};
+
+/* ---- Python methods ------------------------------------------------------------ */
+
+/* Caches the protocol's data methods; a BufferedProtocol is read into. */
+static int set_protocol(TransportObj *t, PyObject *protocol) {
+  static PyObject *buffered_type = NULL;
+  if (buffered_type == NULL) {
+    PyObject *mod = PyImport_ImportModule("asyncio.protocols");
+    if (mod == NULL)
+      return -1;
+    buffered_type = PyObject_GetAttrString(mod, "BufferedProtocol");
+    Py_DECREF(mod);
+    if (buffered_type == NULL)
+      return -1;
+  }
+  int buffered = PyObject_IsInstance(protocol, buffered_type);
+  if (buffered < 0)
+    return -1;
+  PyObject *dr = NULL, *gb = NULL, *bu = NULL;
+  if (buffered) {
+    gb = PyObject_GetAttrString(protocol, "get_buffer");
+    bu = gb ? PyObject_GetAttrString(protocol, "buffer_updated") : NULL;
+    if (bu == NULL) {
+      Py_XDECREF(gb);
+      return -1;
+    }
+  } else {
+    dr = PyObject_GetAttrString(protocol, "data_received");
+    if (dr == NULL)
+      return -1;
+  }
+  Py_INCREF(protocol);
+  Py_XSETREF(t->protocol, protocol);
+  Py_XSETREF(t->data_received, dr);
+  Py_XSETREF(t->get_buffer, gb);
+  Py_XSETREF(t->buffer_updated, bu);
+  /* start_tls switches a plain protocol to a buffered one, and back. */
+  if (t->stream != NULL)
+    ul_stream_set_protocol(t->stream,
+                           buffered ? &buffered_protocol : &plain_protocol, t);
+  return 0;
+}
+
+/* SocketTransport(loop, sock, protocol, extra, server) */
+static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
+                               PyObject *kw) {
+  PyObject *loop, *sock, *protocol, *extra, *server;
+  (void)kw;
+  if (!PyArg_ParseTuple(args, "OOOO!O", &loop, &sock, &protocol,
+                        &PyDict_Type, &extra, &server))
+    return NULL;
+  int fd = ulpy_fileobj_to_fd(sock);
+  if (fd < 0)
+    return NULL;
+  TransportObj *t = (TransportObj *)tp->tp_alloc(tp, 0);
+  if (t == NULL)
+    return NULL;
+  t->extra = Py_NewRef(extra);
+  t->loop = (LoopObj *)Py_NewRef(loop);
+  t->sock = Py_NewRef(sock);
+  t->server = Py_NewRef(server);
+  t->fd = fd;
+  if (set_protocol(t, protocol) < 0 || ulpy_check_closed(t->loop) < 0) {
+    Py_DECREF(t);
+    return NULL;
+  }
+  const ul_stream_protocol *proto =
+      t->data_received ? &plain_protocol : &buffered_protocol;
+  int err = ul_stream_open(t->loop->ul, fd, proto, t, &t->stream);
+  if (err < 0) {
+    t->stream = NULL;
+    Py_DECREF(t);
+    return ulpy_raise_errno(err);
+  }
+  ul_stream_release_fd(t->stream);
+  Py_INCREF(t); /* held by the stream until connection_lost */
+  return (PyObject *)t;
+}
+
+/* Everything is done in __new__: asyncio's BaseTransport.__init__ must not
+ * run with our arguments. */
+static int Transport_init(PyObject *self, PyObject *args, PyObject *kw) {
+  (void)self;
+  (void)args;
+  (void)kw;
+  return 0;
+}
+
+static int Transport_traverse(TransportObj *t, visitproc visit, void *arg) {
+  Py_VISIT(Py_TYPE(t));
+  Py_VISIT(t->extra);
+  Py_VISIT(t->loop);
+  Py_VISIT(t->protocol);
+  Py_VISIT(t->data_received);
+  Py_VISIT(t->get_buffer);
+  Py_VISIT(t->buffer_updated);
+  Py_VISIT(t->sock);
+  Py_VISIT(t->server);
+  Py_VISIT(t->lost_exc);
+  Py_VISIT(t->empty_waiter);
+  Py_VISIT(t->dict);
+  return 0;
+}
+
+static int Transport_clear(TransportObj *t) {
+  Py_CLEAR(t->extra);
+  Py_CLEAR(t->protocol);
+  Py_CLEAR(t->data_received);
+  Py_CLEAR(t->get_buffer);
+  Py_CLEAR(t->buffer_updated);
+  Py_CLEAR(t->server);
+  Py_CLEAR(t->lost_exc);
+  Py_CLEAR(t->empty_waiter);
+  Py_CLEAR(t->dict);
+  return 0;
+}
+
+static void Transport_dealloc(TransportObj *t) {
+  PyTypeObject *tp = Py_TYPE(t);
+  PyObject_GC_UnTrack(t);
+  if (t->weakreflist != NULL)
+    PyObject_ClearWeakRefs((PyObject *)t);
+  release_rbuf(t);
+  (void)Transport_clear(t);
+  Py_CLEAR(t->sock);
+  Py_CLEAR(t->loop);
+  tp->tp_free(t);
+  Py_DECREF(tp);
+}
+
+static PyObject *Transport_write(TransportObj *t, PyObject *data) {
+  if (!PyBytes_Check(data) && !PyByteArray_Check(data) &&
+      !PyMemoryView_Check(data)) {
+    PyErr_Format(PyExc_TypeError,
+                 "data argument must be a bytes-like object, not '%.200s'",
+                 Py_TYPE(data)->tp_name);
+    return NULL;
+  }
+  if (t->eof) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    return NULL;
+  }
+  if (t->empty_waiter != NULL) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "unable to write; sendfile is in progress");
+    return NULL;
+  }
+  Py_buffer view;
+  if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+    return NULL;
+  if (view.len == 0) {
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+  }
+  if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
+    PyBuffer_Release(&view);
+    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+      PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
+      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
+      if (r == NULL)
+        return NULL;
+      Py_DECREF(r);
+    }
+    t->conn_lost++;
+    Py_RETURN_NONE;
+  }
+  int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
+  PyBuffer_Release(&view);
+  if (err < 0)
+    return ulpy_raise_errno(err);
+  if (PyErr_Occurred())
+    return NULL; /* a flow-control callback raised fatally */
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_write_eof(TransportObj *t,
+                                     PyObject *Py_UNUSED(ignored)) {
+  if (t->stream == NULL || ul_stream_is_closing(t->stream) || t->eof)
+    Py_RETURN_NONE;
+  t->eof = 1;
+  int err = ul_stream_write_eof(t->stream);
+  if (err < 0)
+    return ulpy_raise_errno(err);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_can_write_eof(TransportObj *t,
+                                         PyObject *Py_UNUSED(ignored)) {
+  (void)t;
+  Py_RETURN_TRUE;
+}
+
+static PyObject *Transport_close(TransportObj *t,
+                                 PyObject *Py_UNUSED(ignored)) {
+  if (t->stream != NULL && !ul_stream_is_closing(t->stream)) {
+    ul_stream_close(t->stream);
+    t->conn_lost += ul_stream_get_write_buffer_size(t->stream) == 0;
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_abort(TransportObj *t,
+                                 PyObject *Py_UNUSED(ignored)) {
+  if (t->stream != NULL && !t->conn_lost) {
+    t->conn_lost++;
+    ul_stream_abort(t->stream);
+  }
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_is_closing(TransportObj *t,
+                                      PyObject *Py_UNUSED(ignored)) {
+  return PyBool_FromLong(t->stream == NULL ||
+                         ul_stream_is_closing(t->stream));
+}
+
+static PyObject *Transport_is_reading(TransportObj *t,
+                                      PyObject *Py_UNUSED(ignored)) {
+  return PyBool_FromLong(t->stream != NULL && ul_stream_is_reading(t->stream));
+}
+
+static PyObject *Transport_pause_reading(TransportObj *t,
+                                         PyObject *Py_UNUSED(ignored)) {
+  if (t->stream != NULL)
+    (void)ul_stream_pause_reading(t->stream);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_resume_reading(TransportObj *t,
+                                          PyObject *Py_UNUSED(ignored)) {
+  if (t->stream != NULL)
+    (void)ul_stream_resume_reading(t->stream);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_get_write_buffer_size(
+    TransportObj *t, PyObject *Py_UNUSED(ignored)) {
+  return PyLong_FromSize_t(t->stream ? ul_stream_get_write_buffer_size(t->stream)
+                                     : 0);
+}
+
+static PyObject *Transport_get_write_buffer_limits(
+    TransportObj *t, PyObject *Py_UNUSED(ignored)) {
+  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
+  if (t->stream != NULL)
+    ul_stream_get_write_buffer_limits(t->stream, &low, &high);
+  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+}
+
+static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
+                                                   PyObject *args,
+                                                   PyObject *kw) {
+  static char *kwlist[] = {"high", "low", NULL};
+  PyObject *high_o = Py_None, *low_o = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
+    return NULL;
+  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
+  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
+                  : NULL;
+  if (r == NULL)
+    return NULL;
+  Py_ssize_t high, low;
+  int ok = PyArg_ParseTuple(r, "nn", &high, &low);
+  Py_DECREF(r);
+  if (!ok)
+    return NULL;
+  if (t->stream != NULL)
+    ul_stream_set_write_buffer_limits(t->stream, high, low);
+  if (PyErr_Occurred())
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_make_empty_waiter(TransportObj *t,
+                                             PyObject *Py_UNUSED(ignored)) {
+  if (t->empty_waiter != NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "Empty waiter is already set");
+    return NULL;
+  }
+  t->empty_waiter = ulpy_create_future(t->loop);
+  if (t->empty_waiter == NULL)
+    return NULL;
+  if (t->stream == NULL || ul_stream_get_write_buffer_size(t->stream) == 0) {
+    PyObject *r = PyObject_CallMethod(t->empty_waiter, "set_result", "(O)",
+                                      Py_None);
+    if (r == NULL)
+      return NULL;
+    Py_DECREF(r);
+  }
+  return Py_NewRef(t->empty_waiter);
+}
+
+static PyObject *Transport_reset_empty_waiter(TransportObj *t,
+                                              PyObject *Py_UNUSED(ignored)) {
+  Py_CLEAR(t->empty_waiter);
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_get_protocol(TransportObj *t,
+                                        PyObject *Py_UNUSED(ignored)) {
+  return Py_NewRef(t->protocol ? t->protocol : Py_None);
+}
+
+static PyObject *Transport_set_protocol(TransportObj *t, PyObject *protocol) {
+  if (set_protocol(t, protocol) < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+static PyObject *Transport_repr(TransportObj *t) {
+  const char *state = t->stream == NULL ? " closed"
+                      : ul_stream_is_closing(t->stream) ? " closing"
+                                                        : "";
+  if (t->stream == NULL)
+    return PyUnicode_FromFormat("<%s%s>", Py_TYPE(t)->tp_name, state);
+  return PyUnicode_FromFormat(
+      "<%s%s fd=%d read=%s write=<bufsize=%zu>>", Py_TYPE(t)->tp_name, state,
+      t->fd, ul_stream_is_reading(t->stream) ? "polling" : "idle",
+      ul_stream_get_write_buffer_size(t->stream));
+}
+
+static PyObject *Transport_get_sock(TransportObj *t, void *c) {
+  (void)c;
+  return Py_NewRef(t->stream ? t->sock : Py_None);
+}
+
+static PyObject *Transport_get_sock_fd(TransportObj *t, void *c) {
+  (void)c;
+  return PyLong_FromLong(t->fd);
+}
+
+static PyObject *Transport_get_loop(TransportObj *t, void *c) {
+  (void)c;
+  return Py_NewRef(t->stream ? (PyObject *)t->loop : Py_None);
+}
+
+static PyObject *Transport_get_protocol_attr(TransportObj *t, void *c) {
+  (void)c;
+  return Py_NewRef(t->protocol ? t->protocol : Py_None);
+}
+
+static PyObject *Transport_get_protocol_paused(TransportObj *t, void *c) {
+  (void)c;
+  return PyBool_FromLong(t->protocol_paused);
+}
+
+static PyMethodDef Transport_methods[] = {
+    {"write", (PyCFunction)Transport_write, METH_O, NULL},
+    {"write_eof", (PyCFunction)Transport_write_eof, METH_NOARGS, NULL},
+    {"can_write_eof", (PyCFunction)Transport_can_write_eof, METH_NOARGS,
+     NULL},
+    {"close", (PyCFunction)Transport_close, METH_NOARGS, NULL},
+    {"abort", (PyCFunction)Transport_abort, METH_NOARGS, NULL},
+    {"is_closing", (PyCFunction)Transport_is_closing, METH_NOARGS, NULL},
+    {"is_reading", (PyCFunction)Transport_is_reading, METH_NOARGS, NULL},
+    {"pause_reading", (PyCFunction)Transport_pause_reading, METH_NOARGS,
+     NULL},
+    {"resume_reading", (PyCFunction)Transport_resume_reading, METH_NOARGS,
+     NULL},
+    {"get_write_buffer_size", (PyCFunction)Transport_get_write_buffer_size,
+     METH_NOARGS, NULL},
+    {"get_write_buffer_limits",
+     (PyCFunction)Transport_get_write_buffer_limits, METH_NOARGS, NULL},
+    {"set_write_buffer_limits",
+     (PyCFunction)(void (*)(void))Transport_set_write_buffer_limits,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"get_protocol", (PyCFunction)Transport_get_protocol, METH_NOARGS, NULL},
+    {"_make_empty_waiter", (PyCFunction)Transport_make_empty_waiter,
+     METH_NOARGS, NULL},
+    {"_reset_empty_waiter", (PyCFunction)Transport_reset_empty_waiter,
+     METH_NOARGS, NULL},
+    {"set_protocol", (PyCFunction)Transport_set_protocol, METH_O, NULL},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Transport_getset[] = {
+    {"_sock", (getter)Transport_get_sock, NULL, NULL, NULL},
+    {"_sock_fd", (getter)Transport_get_sock_fd, NULL, NULL, NULL},
+    {"_loop", (getter)Transport_get_loop, NULL, NULL, NULL},
+    {"_protocol", (getter)Transport_get_protocol_attr, NULL, NULL, NULL},
+    {"_protocol_paused", (getter)Transport_get_protocol_paused, NULL, NULL,
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyMemberDef Transport_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(TransportObj, dict), READONLY,
+     NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(TransportObj, weakreflist),
+     READONLY, NULL},
+    {NULL, 0, 0, 0, NULL}};
+
+static PyType_Slot Transport_slots[] = {
+    {Py_tp_new, Transport_new},
+    {Py_tp_init, Transport_init},
+    {Py_tp_dealloc, Transport_dealloc},
+    {Py_tp_traverse, Transport_traverse},
+    {Py_tp_clear, Transport_clear},
+    {Py_tp_repr, Transport_repr},
+    {Py_tp_methods, Transport_methods},
+    {Py_tp_getset, Transport_getset},
+    {Py_tp_members, Transport_members},
+    {0, NULL}};
+
+static PyType_Spec Transport_spec = {
+    .name = "unixloop._core.SocketTransport",
+    .basicsize = sizeof(TransportObj),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = Transport_slots};
+
+int ulpy_transport_exec(PyObject *mod, core_state *st) {
+  PyObject *transports = PyImport_ImportModule("asyncio.transports");
+  if (transports == NULL)
+    return -1;
+  /* _FlowControlMixin: asyncio's sendfile fallback insists on it. */
+  PyObject *base = PyObject_GetAttrString(transports, "_FlowControlMixin");
+  Py_DECREF(transports);
+  if (base == NULL)
+    return -1;
+  /* Our struct starts with asyncio's layout: the object header, the
+   * `_extra` slot and _FlowControlMixin's four.  Refuse anything else. */
+  if (((PyTypeObject *)base)->tp_basicsize !=
+      (Py_ssize_t)offsetof(TransportObj, stream)) {
+    Py_DECREF(base);
+    PyErr_SetString(PyExc_ImportError,
+                    "asyncio's _FlowControlMixin has an unexpected layout");
+    return -1;
+  }
+  st->TransportType =
+      (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Transport_spec, base);
+  Py_DECREF(base);
+  if (st->TransportType == NULL)
+    return -1;
+  return PyModule_AddType(mod, st->TransportType);
+}
