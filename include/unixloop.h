@@ -145,7 +145,15 @@ UL_EXTERN int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options);
 /* Closes the loop and frees it.  Callbacks still queued and timers still
  * pending are called with status -ECANCELED (in the order they would have
  * run), so they can release their argument; fd watchers are dropped without
- * a call (the fds are not closed: they belong to the caller).
+ * a call (the fds are not closed: they belong to the caller).  Streams still
+ * open lose their connection with -ECANCELED.  Servers still open are
+ * closed; connects in progress get -ECANCELED: first each connect's
+ * callback runs with fd = -ECANCELED (its socket closed) so that it can
+ * release its arg, then each server still open is closed as by
+ * ul_server_close() (listening fd closed, UNIX socket file removed) and
+ * freed -- do not call ul_server_close() (or any ul_server_*) on it
+ * afterwards.  Connects and servers started from those callbacks fail with
+ * -ESHUTDOWN.
  * Errors: -EINVAL (NULL), -EBUSY (the loop is running; nothing is done). */
 UL_EXTERN int ul_loop_close(ul_loop *loop);
 
@@ -475,14 +483,17 @@ typedef void (*ul_connect_cb)(ul_loop *loop, int fd, void *arg);
 
 /* Connects to a TCP address (IPv4 or IPv6) without blocking; `cb` runs on
  * the loop when the connection is made or has failed (never from inside
- * this call).  Errors: -EINVAL (NULL, address family not AF_INET(6)),
- * -EMFILE / -ENFILE, -ENOMEM. */
+ * this call), or with -ECANCELED from ul_loop_close() if the loop is closed
+ * first.  Errors: -EINVAL (NULL, address family not AF_INET(6)),
+ * -EMFILE / -ENFILE, -ENOMEM, -ESHUTDOWN (the loop is being closed). */
 UL_EXTERN int ul_tcp_connect(ul_loop *loop, const struct sockaddr *addr,
                              socklen_t addrlen, ul_connect_cb cb, void *arg);
 
 /* Connects to a UNIX-domain stream socket.  `path` holds `pathlen` bytes;
- * a name starting with a NUL byte is an abstract name (Linux).
- * Errors: -EINVAL (NULL, empty or too long a path), -EMFILE, -ENOMEM. */
+ * a name starting with a NUL byte is an abstract name (Linux).  As
+ * ul_tcp_connect, `cb` gets -ECANCELED if the loop is closed first.
+ * Errors: -EINVAL (NULL, empty or too long a path), -EMFILE, -ENOMEM,
+ * -ESHUTDOWN. */
 UL_EXTERN int ul_unix_connect(ul_loop *loop, const char *path,
                               size_t pathlen, ul_connect_cb cb, void *arg);
 
@@ -510,7 +521,8 @@ enum ul_listen_flags {
 /* Binds, listens (backlog as asyncio's default: 100) and starts accepting:
  * up to `backlog` connections per wake-up, each given to `cb`.
  * `on_error` may be NULL (errors then go to the loop's error handler).
- * Errors: -EINVAL, -EADDRINUSE, -EACCES, -EMFILE, -ENOMEM. */
+ * Close the server with ul_server_close(), or let ul_loop_close() close it.
+ * Errors: -EINVAL, -EADDRINUSE, -EACCES, -EMFILE, -ENOMEM, -ESHUTDOWN. */
 UL_EXTERN int ul_tcp_listen(ul_loop *loop, const struct sockaddr *addr,
                             socklen_t addrlen, int backlog, unsigned flags,
                             ul_accept_cb cb, ul_server_error_cb on_error,
@@ -527,7 +539,8 @@ UL_EXTERN int ul_unix_listen(ul_loop *loop, const char *path, size_t pathlen,
                              ul_server **server_out);
 
 /* Accepts on a socket that is already bound and listening (taken over:
- * closed by ul_server_close).  Errors: -EINVAL, -EBADF, -ENOTSOCK. */
+ * closed by ul_server_close).  Errors: -EINVAL, -EBADF, -ENOTSOCK,
+ * -ESHUTDOWN. */
 UL_EXTERN int ul_server_open(ul_loop *loop, int fd, int backlog,
                              ul_accept_cb cb, ul_server_error_cb on_error,
                              void *arg, ul_server **server_out);
@@ -542,6 +555,8 @@ UL_EXTERN int ul_server_fileno(const ul_server *server);
 
 /* Stops accepting, closes the socket (removing the UNIX socket file it
  * created) and frees the server; no callback runs after it returns.
+ * ul_loop_close() closes and frees the servers still open: after it, the
+ * server pointer is dangling -- do not call ul_server_close() on it.
  * Errors: -EINVAL. */
 UL_EXTERN int ul_server_close(ul_server *server);
 

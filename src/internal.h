@@ -122,6 +122,14 @@ void ul__signals_close(ul_loop *loop);
 
 void ul__streams_close_all(ul_loop *loop);
 
+/* ---- connects and servers (net.c) ---------------------------------------- */
+
+struct ul__connect;
+
+/* ul_loop_close(): connects in progress get -ECANCELED (their fd closed),
+ * servers still open are closed as by ul_server_close and freed. */
+void ul__net_close_all(ul_loop *loop);
+
 /* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
 
 typedef struct ul__backend {
@@ -176,6 +184,8 @@ struct ul_loop {
   ul__signals *signals;  /* NULL until the first signal handler */
   ul_stream *streams;    /* open streams (stream.c) */
   char *read_buf;        /* shared by the streams' reads (stream.c) */
+  ul_server *servers;    /* open servers (net.c) */
+  struct ul__connect *connects;  /* connects not yet reported (net.c) */
 
   ul_error_cb error_cb;
   void *error_arg;

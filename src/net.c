@@ -20,8 +20,12 @@
  * A server may be closed from inside its own callbacks: it counts the
  * callbacks it is running (`depth`) and is freed only when that is 0.
  *
- * The loop does not know the servers and connects in flight: close them
- * (or let connects finish) before ul_loop_close().
+ * The loop keeps a list of its open servers (`loop->servers`) and of the
+ * connects whose callback has not run yet (`loop->connects`), so that
+ * ul_loop_close() can release them (ul__net_close_all): a connect still
+ * waiting for writability gets -ECANCELED (one queued through call_soon
+ * gets it from the loop's ready queue first), a server still open is
+ * closed as by ul_server_close and freed.
  */
 #define _GNU_SOURCE   /* accept4 */
 #include <errno.h>
@@ -35,11 +39,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "unixloop.h"   /* only the public API: no internal.h */
+#include "internal.h"
 
 #define DEFAULT_BACKLOG 100   /* asyncio's create_server default */
 
 struct ul_server {
+  ul_server *next;      /* the loop's list of open servers */
+  ul_server *prev;
   ul_loop *loop;
   int fd;
   int backlog;          /* listen() backlog, and accepts per wake-up */
@@ -57,10 +63,13 @@ struct ul_server {
   unsigned closing : 1; /* ul_server_close was called */
 };
 
-typedef struct connect_req {
+typedef struct ul__connect {
+  struct ul__connect *next;  /* the loop's list of connects */
+  struct ul__connect *prev;
   ul_loop *loop;
   int fd;
   int err;              /* an immediate result, for connect_soon_cb */
+  unsigned writing : 1; /* waiting for writability (connect_writable) */
   ul_connect_cb cb;
   void *arg;
 } connect_req;
@@ -117,12 +126,34 @@ static int unix_addr(const char *path, size_t pathlen, struct sockaddr_un *sun,
 
 /* ---- connecting ------------------------------------------------------- */
 
+static void connect_link(connect_req *req) {
+  ul_loop *loop = req->loop;
+  req->prev = NULL;
+  req->next = loop->connects;
+  if (loop->connects != NULL)
+    loop->connects->prev = req;
+  loop->connects = req;
+}
+
+static void connect_unlink(connect_req *req) {
+  if (req->prev != NULL)
+    req->prev->next = req->next;
+  else
+    req->loop->connects = req->next;
+  if (req->next != NULL)
+    req->next->prev = req->prev;
+  req->next = req->prev = NULL;
+}
+
 /* Hands the result to the callback: the fd, or the error (fd closed). */
 static void connect_finish(connect_req *req, int err) {
   ul_loop *loop = req->loop;
   ul_connect_cb cb = req->cb;
   void *arg = req->arg;
   int fd = req->fd;
+  if (req->writing)
+    ul_loop_remove_writer(loop, fd);
+  connect_unlink(req);
   free(req);
   if (err != 0) {
     close(fd);
@@ -144,8 +175,8 @@ static void connect_writable(ul_loop *loop, int fd, int events, void *arg) {
   connect_req *req = arg;
   int soerr = 0;
   socklen_t len = sizeof soerr;
+  (void)loop;
   (void)events;
-  ul_loop_remove_writer(loop, fd);
   if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &len) != 0)
     soerr = errno;
   connect_finish(req, -soerr);
@@ -157,13 +188,14 @@ static int connect_start(ul_loop *loop, const struct sockaddr *addr,
   connect_req *req;
   int err, r;
 
-  req = malloc(sizeof *req);
+  if (loop->closing)
+    return -ESHUTDOWN;  /* from a callback that ul_loop_close() runs */
+  req = calloc(1, sizeof *req);
   if (req == NULL)
     return -ENOMEM;
   req->loop = loop;
   req->cb = cb;
   req->arg = arg;
-  req->err = 0;
   req->fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                    0);
   if (req->fd == -1) {
@@ -181,6 +213,8 @@ static int connect_start(ul_loop *loop, const struct sockaddr *addr,
     err = ul_loop_add_writer(loop, req->fd, connect_writable, req);
     if (err)
       goto fail_schedule;
+    req->writing = 1;
+    connect_link(req);
     return 0;
   }
   /* Done at once: connected, or failed (-ECONNREFUSED, -ENOENT, and -EAGAIN
@@ -189,6 +223,7 @@ static int connect_start(ul_loop *loop, const struct sockaddr *addr,
   err = ul_loop_call_soon(loop, connect_soon_cb, req);
   if (err)
     goto fail_schedule;
+  connect_link(req);
   return 0;
 
 fail_schedule:
@@ -220,6 +255,27 @@ int ul_unix_connect(ul_loop *loop, const char *path, size_t pathlen,
 /* ---- the server ------------------------------------------------------- */
 
 static void server_readable(ul_loop *loop, int fd, int events, void *arg);
+
+/* The server is unlinked from the loop's list when ul_server_close is
+ * called; it is freed once none of its callbacks runs. */
+static void server_link(ul_server *s) {
+  ul_loop *loop = s->loop;
+  s->prev = NULL;
+  s->next = loop->servers;
+  if (loop->servers != NULL)
+    loop->servers->prev = s;
+  loop->servers = s;
+}
+
+static void server_unlink(ul_server *s) {
+  if (s->prev != NULL)
+    s->prev->next = s->next;
+  else
+    s->loop->servers = s->next;
+  if (s->next != NULL)
+    s->next->prev = s->prev;
+  s->next = s->prev = NULL;
+}
 
 static void server_free(ul_server *s) {
   free(s->path);
@@ -360,6 +416,7 @@ static int server_new(ul_loop *loop, int fd, int backlog, int is_tcp,
     free(s);
     return err;
   }
+  server_link(s);
   *server_out = s;
   return 0;
 }
@@ -375,6 +432,8 @@ int ul_tcp_listen(ul_loop *loop, const struct sockaddr *addr,
   if (loop == NULL || cb == NULL || server_out == NULL ||
       !tcp_addr_ok(addr, addrlen) || (flags & ~known) != 0)
     return -EINVAL;
+  if (loop->closing)
+    return -ESHUTDOWN;  /* from a callback that ul_loop_close() runs */
   if (backlog <= 0)
     backlog = DEFAULT_BACKLOG;
 
@@ -464,6 +523,8 @@ int ul_unix_listen(ul_loop *loop, const char *path, size_t pathlen,
 
   if (loop == NULL || cb == NULL || server_out == NULL)
     return -EINVAL;
+  if (loop->closing)
+    return -ESHUTDOWN;  /* from a callback that ul_loop_close() runs */
   memset(&st, 0, sizeof st);
   err = unix_addr(path, pathlen, &sun, &len, &cpath);
   if (err)
@@ -527,6 +588,8 @@ int ul_server_open(ul_loop *loop, int fd, int backlog, ul_accept_cb cb,
 
   if (loop == NULL || cb == NULL || server_out == NULL)
     return -EINVAL;
+  if (loop->closing)
+    return -ESHUTDOWN;  /* from a callback that ul_loop_close() runs */
   if (fd < 0)
     return -EBADF;
   flags = fcntl(fd, F_GETFL);
@@ -606,6 +669,7 @@ int ul_server_close(ul_server *s) {
     return 0;  /* again, from inside one of its callbacks */
   s->closing = 1;
   s->serving = 0;
+  server_unlink(s);
   reader_stop(s);
   retry_cancel(s);
   unlink_ours(s);
@@ -614,4 +678,28 @@ int ul_server_close(ul_server *s) {
   if (s->depth == 0)
     server_free(s);
   return 0;
+}
+
+/* ---- ul_loop_close ----------------------------------------------------------- */
+
+/* Called by ul_loop_close() after the ready queue, the timers and the
+ * streams: the connects queued through call_soon have had their callback
+ * (-ECANCELED) by then, and the servers' retry timers have been cancelled.
+ * Connects first, so that their callbacks may still close servers.  The
+ * callbacks cannot start new connects or servers (-ESHUTDOWN). */
+void ul__net_close_all(ul_loop *loop) {
+  connect_req *req;
+  while ((req = loop->connects) != NULL) {
+    if (!req->writing) {
+      /* Still queued: cannot be, cancel_ready ran connect_soon_cb.  Drop it
+       * from the list rather than free what the ready queue refers to. */
+      connect_unlink(req);
+      continue;
+    }
+    connect_finish(req, -ECANCELED);
+  }
+  while (loop->servers != NULL) {
+    ul_server *s = loop->servers;
+    ul_server_close(s);  /* unlinks it; depth is 0: the loop is not running */
+  }
 }

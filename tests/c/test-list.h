@@ -143,6 +143,9 @@ TEST_DECLARE(net_accept_emfile)
 TEST_DECLARE(net_accept_emfile_loop_handler)
 TEST_DECLARE(net_server_close_in_error_cb)
 TEST_DECLARE(net_connect_cancelled_by_loop_close)
+TEST_DECLARE(net_loop_close_cancels_connects)
+TEST_DECLARE(net_loop_close_closes_servers)
+TEST_DECLARE(net_loop_close_connect_cb_closes_server)
 TEST_DECLARE(net_bad_arguments)
 
 /* test-stream.c */
@@ -307,6 +310,9 @@ TASK_LIST_START
   TEST_ENTRY_CUSTOM(net_accept_emfile_loop_handler, 10000)
   TEST_ENTRY(net_server_close_in_error_cb)
   TEST_ENTRY(net_connect_cancelled_by_loop_close)
+  TEST_ENTRY(net_loop_close_cancels_connects)
+  TEST_ENTRY(net_loop_close_closes_servers)
+  TEST_ENTRY(net_loop_close_connect_cb_closes_server)
   TEST_ENTRY(net_bad_arguments)
   /* test-stream.c */
   TEST_ENTRY(stream_made_before_data)

@@ -1094,6 +1094,193 @@ static void never_connect_cb(ul_loop *loop, int fd, void *arg) {
   never_called++;
 }
 
+/* ul_loop_close() with connects not yet reported: one answered at once
+ * (UNIX: its result queued through call_soon), one in progress that the
+ * loop never ran (the writer registered), and one in progress whose SYN the
+ * kernel drops (a loopback listener whose accept queue is full), checked to
+ * be still pending after the loop ran.  Each callback runs once, with
+ * -ECANCELED, and every socket is closed. */
+static void stop_timer_cb(ul_loop *loop, void *arg, int status) {
+  (void)arg;
+  if (status == 0)
+    ASSERT_OK(ul_loop_stop(loop));
+}
+
+TEST_IMPL(net_loop_close_cancels_connects) {
+  int fds_base = test_count_fds();
+  ul_loop *loop = test_loop_new();
+  struct sockaddr_in sin;
+  struct pair queued, idle, dropped;
+  char name[64];
+  size_t len;
+
+  /* A listener that answers (its queue has room), and one whose queue is
+   * full: listen(0) takes one connection, the next SYN is dropped. */
+  name[0] = '\0';
+  len = 1 + (size_t)snprintf(name + 1, sizeof name - 1,
+                             "ul-test-net-close-connects-%ld", (long)getpid());
+  int unix_raw = unix_raw_server(name, len, 5);
+  int open_raw = tcp_raw_server(5, 0);
+  int full_raw = tcp_raw_server(0, 0);
+  int filler = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ASSERT_GE(filler, 0);
+  loopback4(&sin, bound_port(full_raw));
+  int r = connect(filler, (struct sockaddr *)&sin, sizeof sin);
+  ASSERT(r == 0 || errno == EINPROGRESS);
+  struct pollfd pfd = {filler, POLLOUT, 0};
+  ASSERT_EQ(1, poll(&pfd, 1, 5000));   /* established: the queue is full */
+  int fds_before = test_count_fds();
+
+  pair_init(&dropped, loop, 0);
+  in_connect_call = 1;
+  ASSERT_OK(ul_tcp_connect(loop, (struct sockaddr *)&sin, sizeof sin,
+                           pair_connect_cb, &dropped));
+  in_connect_call = 0;
+  /* Run the loop 100 ms: the connect stays in progress. */
+  ASSERT_OK(ul_loop_call_later(loop, 0.1, stop_timer_cb, NULL, NULL));
+  ASSERT_OK(ul_loop_run(loop));
+  ASSERT_EQ(0, dropped.connect_calls);
+
+  pair_init(&queued, loop, 0);
+  pair_init(&idle, loop, 0);
+  in_connect_call = 1;
+  ASSERT_OK(ul_unix_connect(loop, name, len, pair_connect_cb, &queued));
+  loopback4(&sin, bound_port(open_raw));
+  ASSERT_OK(ul_tcp_connect(loop, (struct sockaddr *)&sin, sizeof sin,
+                           pair_connect_cb, &idle));
+  in_connect_call = 0;
+  ASSERT_EQ(fds_before + 3, test_count_fds());
+
+  CLOSE_LOOP(loop);
+  ASSERT_EQ(1, queued.connect_calls);
+  ASSERT_EQ(-ECANCELED, queued.connected);
+  ASSERT_EQ(1, idle.connect_calls);
+  ASSERT_EQ(-ECANCELED, idle.connected);
+  ASSERT_EQ(1, dropped.connect_calls);
+  ASSERT_EQ(-ECANCELED, dropped.connected);
+  /* The loop's own fds and the three sockets are gone. */
+  ASSERT_EQ(fds_base + 4, test_count_fds());
+  test_close(filler);
+  test_close(full_raw);
+  test_close(open_raw);
+  test_close(unix_raw);
+  ASSERT_EQ(fds_base, test_count_fds());
+  return 0;
+}
+
+/* ul_loop_close() with servers still open: TCP, UNIX on a path, abstract
+ * UNIX, a stopped one and one taken over by ul_server_open, one with a
+ * connection waiting in its queue.  Their fds are closed, the socket file
+ * removed, the TCP port no longer listens, and ASan sees nothing leak. */
+TEST_IMPL(net_loop_close_closes_servers) {
+  int fds_base = test_count_fds();
+  ul_loop *loop = test_loop_new();
+  ul_server *tcp, *file, *abstract = NULL, *stopped, *opened = NULL;
+  char dir[64], path[80], name[64];
+  size_t len;
+  struct pair p;
+
+  pair_init(&p, loop, 0);
+  make_tmpdir(dir, path);
+  tcp = tcp4_server(loop, 0, pair_accept_cb, NULL, &p);
+  in_port_t port = bound_port(ul_server_fileno(tcp));
+  ASSERT_OK(ul_unix_listen(loop, path, strlen(path), 0, pair_accept_cb, NULL,
+                           &p, &file));
+  ASSERT(path_exists(path));
+  name[0] = '\0';
+  len = 1 + (size_t)snprintf(name + 1, sizeof name - 1,
+                             "ul-test-net-close-servers-%ld", (long)getpid());
+  ASSERT_OK(ul_unix_listen(loop, name, len, 0, pair_accept_cb, NULL, &p,
+                           &abstract));
+  stopped = tcp4_server(loop, 0, pair_accept_cb, NULL, &p);
+  ASSERT_OK(ul_server_stop(stopped));
+  ASSERT_OK(ul_server_open(loop, tcp_raw_server(5, 0), 0, pair_accept_cb,
+                           NULL, &p, &opened));
+  /* A server closed before the loop is not closed again. */
+  ul_server *early = tcp4_server(loop, 0, pair_accept_cb, NULL, &p);
+  ASSERT_OK(ul_server_close(early));
+  /* A connection waits in the TCP server's queue, never accepted. */
+  int client = tcp_client(port);
+
+  CLOSE_LOOP(loop);
+  ASSERT_EQ(0, p.accept_calls);
+  ASSERT_EQ(0, path_exists(path));
+  ASSERT_OK(rmdir(dir));
+  ASSERT_EQ(fds_base + 1, test_count_fds());   /* only the client */
+  test_close(client);
+  ASSERT_EQ(fds_base, test_count_fds());
+
+  /* Nobody listens on the port or the abstract name any more. */
+  struct sockaddr_in sin;
+  loopback4(&sin, port);
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(c, 0);
+  ASSERT_EQ(-1, connect(c, (struct sockaddr *)&sin, sizeof sin));
+  ASSERT_EQ(ECONNREFUSED, errno);
+  test_close(c);
+  ASSERT_EQ(-ECONNREFUSED, unix_client(name, len));
+
+  /* A closed loop leaves a fresh one nothing to trip on. */
+  loop = test_loop_new();
+  CLOSE_LOOP(loop);
+  ASSERT_EQ(fds_base, test_count_fds());
+  return 0;
+}
+
+/* The connect callbacks that ul_loop_close() runs come before the servers
+ * are closed: they may still close a server themselves.  They cannot start
+ * new connects or servers (-ESHUTDOWN). */
+struct close_ctx {
+  ul_server *server;
+  struct sockaddr_in sin;
+  int calls;
+  int status;
+};
+
+static void close_ctx_connect_cb(ul_loop *loop, int fd, void *arg) {
+  struct close_ctx *ctx = arg;
+  ul_server *s = NULL;
+  ctx->calls++;
+  ctx->status = fd;
+  if (fd >= 0) {
+    test_close(fd);
+    return;
+  }
+  ASSERT_EQ(-ESHUTDOWN,
+            ul_tcp_connect(loop, (struct sockaddr *)&ctx->sin,
+                           sizeof ctx->sin, never_connect_cb, NULL));
+  ASSERT_EQ(-ESHUTDOWN, ul_unix_connect(loop, "\0ul-x", 5, never_connect_cb,
+                                        NULL));
+  ASSERT_EQ(-ESHUTDOWN,
+            ul_tcp_listen(loop, (struct sockaddr *)&ctx->sin,
+                          sizeof ctx->sin, 0, 0, never_accept_cb, NULL, NULL,
+                          &s));
+  ASSERT_EQ(-ESHUTDOWN, ul_unix_listen(loop, "\0ul-x", 5, 0, never_accept_cb,
+                                       NULL, NULL, &s));
+  ASSERT_NULL(s);
+  ASSERT_OK(ul_server_close(ctx->server));
+  ctx->server = NULL;
+}
+
+TEST_IMPL(net_loop_close_connect_cb_closes_server) {
+  int fds_base = test_count_fds();
+  ul_loop *loop = test_loop_new();
+  struct close_ctx ctx;
+
+  memset(&ctx, 0, sizeof ctx);
+  ctx.server = tcp4_server(loop, 0, never_accept_cb, NULL, NULL);
+  loopback4(&ctx.sin, bound_port(ul_server_fileno(ctx.server)));
+  ASSERT_OK(ul_tcp_connect(loop, (struct sockaddr *)&ctx.sin, sizeof ctx.sin,
+                           close_ctx_connect_cb, &ctx));
+  CLOSE_LOOP(loop);
+  ASSERT_EQ(1, ctx.calls);
+  ASSERT_EQ(-ECANCELED, ctx.status);
+  ASSERT_NULL(ctx.server);
+  ASSERT_EQ(0, never_called);
+  ASSERT_EQ(fds_base, test_count_fds());
+  return 0;
+}
+
 TEST_IMPL(net_bad_arguments) {
   int fds_before = test_count_fds();
   ul_loop *loop = test_loop_new();
