@@ -118,7 +118,10 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from a non-blocking socket."""
-        self._check_sock(sock)
+        # _check_sock's lines, inline: this is the hottest sock_* call.
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
         data = self._sock_try_recv(sock, n)
         if data is not None:
             return data
@@ -143,7 +146,9 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
 
     async def sock_sendall(self, sock, data):
         """Send all of data to a connected non-blocking socket."""
-        self._check_sock(sock)
+        base_events._check_ssl_socket(sock)  # _check_sock, inline (hot)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
         n = self._sock_try_send(sock, data)
         if n == len(data):
             return

@@ -759,7 +759,11 @@ int ulpy_fileobj_to_fd(PyObject *fileobj) {
   if (PyLong_Check(fileobj)) {
     fd = long_as_fd(fileobj);
   } else {
-    PyObject *r = PyObject_CallMethod(fileobj, "fileno", NULL);
+    static PyObject *str_fileno = NULL; /* interned once, never freed */
+    if (str_fileno == NULL &&
+        (str_fileno = PyUnicode_InternFromString("fileno")) == NULL)
+      return -1;
+    PyObject *r = PyObject_CallMethodNoArgs(fileobj, str_fileno);
     if (r == NULL) {
       if (PyErr_ExceptionMatches(PyExc_AttributeError) ||
           PyErr_ExceptionMatches(PyExc_TypeError) ||
