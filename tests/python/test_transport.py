@@ -1,0 +1,219 @@
+"""The C socket transport (unixloop._core.SocketTransport): what a user of
+asyncio's transports sees, compared with stock asyncio where it makes sense."""
+import asyncio
+import socket
+
+import pytest
+
+import unixloop
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self):
+        self.events = []
+        self.data = bytearray()
+        self.transport = None
+        self.done = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append('made')
+
+    def data_received(self, data):
+        self.data += data
+        self.events.append('data')
+
+    def eof_received(self):
+        self.events.append('eof')
+
+    def connection_lost(self, exc):
+        self.events.append(('lost', type(exc).__name__ if exc else None))
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+
+def make_pair(loop, proto_factory=Recorder):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    proto = proto_factory()
+    proto.done = loop.create_future()
+    transport, _ = loop.run_until_complete(
+        loop.connect_accepted_socket(lambda: proto, a))
+    return transport, proto, b
+
+
+def test_transport_is_asyncio_transport_and_in_c(aloop, no_fd_leak):
+    transport, proto, peer = make_pair(aloop)
+    try:
+        assert isinstance(transport, asyncio.Transport)
+        assert isinstance(transport, asyncio.WriteTransport)
+        assert isinstance(transport, asyncio.ReadTransport)
+        if isinstance(aloop, unixloop.Loop):
+            assert type(transport).__name__ == 'SocketTransport'
+        assert transport.get_extra_info('socket') is not None
+        assert transport.get_extra_info('sockname') is not None
+        assert transport.get_extra_info('nope', 42) == 42
+        assert transport.get_protocol() is proto
+        assert transport.can_write_eof()
+    finally:
+        transport.close()
+        aloop.run_until_complete(proto.done)
+        peer.close()
+
+
+def test_round_trip_eof_and_close_order(aloop, no_fd_leak):
+    transport, proto, peer = make_pair(aloop)
+    try:
+        transport.write(b'hello')
+        aloop.run_until_complete(asyncio.sleep(0.01))
+        assert peer.recv(100) == b'hello'
+        peer.sendall(b'world')
+        peer.shutdown(socket.SHUT_WR)
+        aloop.run_until_complete(proto.done)
+        assert bytes(proto.data) == b'world'
+        # eof_received returned None: the transport closed itself.
+        assert proto.events[0] == 'made'
+        assert proto.events[-2:] == ['eof', ('lost', None)]
+        assert transport.is_closing()
+    finally:
+        peer.close()
+
+
+def test_write_errors_like_asyncio(aloop, no_fd_leak):
+    transport, proto, peer = make_pair(aloop)
+    try:
+        with pytest.raises(TypeError, match='bytes-like object'):
+            transport.write('text')
+        transport.write_eof()
+        with pytest.raises(RuntimeError, match='after write_eof'):
+            transport.write(b'x')
+        with pytest.raises(ValueError, match='must be >= low'):
+            transport.set_write_buffer_limits(high=1, low=2)
+        transport.set_write_buffer_limits(high=100)
+        assert transport.get_write_buffer_limits() == (25, 100)
+    finally:
+        transport.close()
+        aloop.run_until_complete(proto.done)
+        peer.close()
+
+
+def test_flow_control_pause_resume(aloop, no_fd_leak):
+    class Flow(Recorder):
+        def pause_writing(self):
+            self.events.append('pause')
+
+        def resume_writing(self):
+            self.events.append('resume')
+
+    transport, proto, peer = make_pair(aloop, Flow)
+    try:
+        transport.set_write_buffer_limits(high=64 * 1024)
+        blob = b'x' * (4 * 1024 * 1024)
+        transport.write(blob)
+        assert 'pause' in proto.events
+        assert transport.get_write_buffer_size() > 0
+        got = 0
+
+        async def drain_peer():
+            nonlocal got
+            while got < len(blob):
+                try:
+                    got += len(peer.recv(1 << 20))
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+
+        aloop.run_until_complete(drain_peer())
+        aloop.run_until_complete(asyncio.sleep(0.01))
+        assert got == len(blob)
+        assert proto.events.count('pause') == 1
+        assert 'resume' in proto.events
+        assert transport.get_write_buffer_size() == 0
+    finally:
+        transport.close()
+        aloop.run_until_complete(proto.done)
+        peer.close()
+
+
+def test_buffered_protocol_reads_into_its_buffer(aloop, no_fd_leak):
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.buf = bytearray(10)
+            self.got = bytearray()
+            self.events = []
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def get_buffer(self, sizehint):
+            return self.buf
+
+        def buffer_updated(self, nbytes):
+            self.got += self.buf[:nbytes]
+
+        def eof_received(self):
+            self.events.append('eof')
+
+        def connection_lost(self, exc):
+            self.done.set_result(exc)
+
+    transport, proto, peer = make_pair(aloop, Buffered)
+    try:
+        peer.sendall(b'a' * 25)
+        peer.shutdown(socket.SHUT_WR)
+        assert aloop.run_until_complete(proto.done) is None
+        assert bytes(proto.got) == b'a' * 25
+        assert proto.events == ['eof']
+    finally:
+        peer.close()
+
+
+def test_pause_reading_stops_delivery(aloop, no_fd_leak):
+    transport, proto, peer = make_pair(aloop)
+    try:
+        aloop.run_until_complete(asyncio.sleep(0))
+        transport.pause_reading()
+        assert not transport.is_reading()
+        peer.sendall(b'held')
+        aloop.run_until_complete(asyncio.sleep(0.02))
+        assert bytes(proto.data) == b''
+        transport.resume_reading()
+        assert transport.is_reading()
+        aloop.run_until_complete(asyncio.sleep(0.02))
+        assert bytes(proto.data) == b'held'
+    finally:
+        transport.close()
+        aloop.run_until_complete(proto.done)
+        peer.close()
+
+
+def test_data_received_error_goes_to_handler_and_aborts(aloop, no_fd_leak):
+    class Boom(Recorder):
+        def data_received(self, data):
+            raise ZeroDivisionError('boom')
+
+    contexts = []
+    aloop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
+    transport, proto, peer = make_pair(aloop, Boom)
+    try:
+        peer.sendall(b'x')
+        aloop.run_until_complete(proto.done)
+        assert contexts and contexts[0]['message'] == (
+            'Fatal error: protocol.data_received() call failed.')
+        assert isinstance(contexts[0]['exception'], ZeroDivisionError)
+        assert contexts[0]['transport'] is transport
+        assert proto.events[-1] == ('lost', 'ZeroDivisionError')
+    finally:
+        aloop.set_exception_handler(None)
+        peer.close()
+
+
+def test_peer_reset_reaches_connection_lost(aloop, no_fd_leak):
+    transport, proto, peer = make_pair(aloop)
+    # Unread data in the peer's receive queue makes its close a reset.
+    transport.write(b'unread')
+    aloop.run_until_complete(asyncio.sleep(0.01))
+    peer.close()
+    aloop.run_until_complete(proto.done)
+    assert proto.events[-1] in (('lost', 'ConnectionResetError'),
+                                ('lost', None))
