@@ -80,6 +80,23 @@ static void call_exception_handler(TransportObj *t, const char *message,
   Py_XDECREF(r);
 }
 
+/* Reports the current exception through the loop's exception handler, as
+ * asyncio does for an exception escaping a callback; a fatal one
+ * (SystemExit, KeyboardInterrupt) is kept aside for the loop instead. */
+static void report_exception(TransportObj *t, const char *message) {
+  if (ulpy_is_fatal_exception()) {
+    stash_fatal(t);
+    return;
+  }
+  PyObject *type, *exc, *tb;
+  PyErr_Fetch(&type, &exc, &tb);
+  PyErr_NormalizeException(&type, &exc, &tb);
+  call_exception_handler(t, message, exc);
+  Py_XDECREF(type);
+  Py_XDECREF(exc);
+  Py_XDECREF(tb);
+}
+
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
  * exception as connection_lost's argument.  Takes the current exception. */
 static void fatal_error(TransportObj *t, const char *message) {
@@ -118,21 +135,9 @@ static void on_made(ul_stream *stream, void *ctx) {
   (void)stream;
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_made", "(O)",
                                     (PyObject *)t);
-  if (r == NULL) {
-    if (ulpy_is_fatal_exception()) {
-      stash_fatal(t);
-      return;
-    }
-    /* As an exception in asyncio's call_soon'd connection_made. */
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    call_exception_handler(t, "Exception in callback connection_made()",
-                           exc);
-    Py_XDECREF(type);
-    Py_XDECREF(exc);
-    Py_XDECREF(tb);
-  }
+  /* As an exception in asyncio's call_soon'd connection_made. */
+  if (r == NULL)
+    report_exception(t, "Exception in callback connection_made()");
   Py_XDECREF(r);
 }
 
@@ -214,19 +219,8 @@ static int on_eof(ul_stream *stream, void *ctx) {
 static void flow_call(TransportObj *t, const char *method,
                       const char *message) {
   PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
-  if (r == NULL) {
-    if (ulpy_is_fatal_exception()) {
-      stash_fatal(t);
-      return;
-    }
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    call_exception_handler(t, message, exc);
-    Py_XDECREF(type);
-    Py_XDECREF(exc);
-    Py_XDECREF(tb);
-  }
+  if (r == NULL)
+    report_exception(t, message);
   Py_XDECREF(r);
 }
 
@@ -297,20 +291,8 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   PyErr_Clear();
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);
-  if (r == NULL) {
-    if (ulpy_is_fatal_exception()) {
-      stash_fatal(t);
-    } else {
-      PyObject *type, *e, *tb;
-      PyErr_Fetch(&type, &e, &tb);
-      PyErr_NormalizeException(&type, &e, &tb);
-      call_exception_handler(t, "Exception in callback connection_lost()",
-                             e);
-      Py_XDECREF(type);
-      Py_XDECREF(e);
-      Py_XDECREF(tb);
-    }
-  }
+  if (r == NULL)
+    report_exception(t, "Exception in callback connection_lost()");
   Py_XDECREF(r);
   Py_XDECREF(exc);
   /* The socket object owns the fd. */
