@@ -175,14 +175,19 @@ static void Handle_dealloc(HandleObj *h) {
 
 /* Reports an exception raised by a callback the way asyncio's Handle._run
  * does: through loop.call_exception_handler(). */
-static void handle_report_exception(HandleObj *h) {
-  PyObject *exc_type, *exc, *tb;
-  PyErr_Fetch(&exc_type, &exc, &tb);
-  PyErr_NormalizeException(&exc_type, &exc, &tb);
+PyObject *ulpy_take_exception(void) {
+  PyObject *type, *exc, *tb;
+  PyErr_Fetch(&type, &exc, &tb);
+  PyErr_NormalizeException(&type, &exc, &tb);
   if (tb != NULL && exc != NULL)
     PyException_SetTraceback(exc, tb);
-  Py_XDECREF(exc_type);
+  Py_XDECREF(type);
   Py_XDECREF(tb);
+  return exc;
+}
+
+static void handle_report_exception(HandleObj *h) {
+  PyObject *exc = ulpy_take_exception();
 
   core_state *st = h->loop->st;
   PyObject *fmt = ulpy_helper(st, "format_callback_failure");

@@ -78,6 +78,9 @@ PyObject *ulpy_raise_errno(int err);
 int ulpy_check_closed(LoopObj *self);
 int ulpy_fileobj_to_fd(PyObject *fileobj);
 int ulpy_is_fatal_exception(void);
+/* Clears the current exception and returns it (a new reference, normalized,
+ * its traceback attached), or NULL if none was set. */
+PyObject *ulpy_take_exception(void);
 PyObject *ulpy_add_watcher(LoopObj *self, PyObject *const *args,
                            Py_ssize_t nargs, int reading);
 PyObject *ulpy_remove_watcher(LoopObj *self, PyObject *fileobj, int reading);

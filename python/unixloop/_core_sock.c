@@ -78,15 +78,9 @@ static PyObject *sockop_ready(SockOpObj *op) {
     }
     if (ulpy_is_fatal_exception())
       return NULL;
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL)
-      PyException_SetTraceback(exc, tb);
+    PyObject *exc = ulpy_take_exception();
     PyObject *r = PyObject_CallMethod(op->fut, "set_exception", "(O)", exc);
-    Py_XDECREF(type);
     Py_XDECREF(exc);
-    Py_XDECREF(tb);
     return r;
   }
   PyObject *r = PyObject_CallMethod(op->fut, "set_result", "(O)", res);

@@ -88,13 +88,9 @@ static void report_exception(TransportObj *t, const char *message) {
     stash_fatal(t);
     return;
   }
-  PyObject *type, *exc, *tb;
-  PyErr_Fetch(&type, &exc, &tb);
-  PyErr_NormalizeException(&type, &exc, &tb);
+  PyObject *exc = ulpy_take_exception();
   call_exception_handler(t, message, exc);
-  Py_XDECREF(type);
   Py_XDECREF(exc);
-  Py_XDECREF(tb);
 }
 
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
@@ -104,13 +100,7 @@ static void fatal_error(TransportObj *t, const char *message) {
     stash_fatal(t);
     return;
   }
-  PyObject *type, *exc, *tb;
-  PyErr_Fetch(&type, &exc, &tb);
-  PyErr_NormalizeException(&type, &exc, &tb);
-  if (tb != NULL)
-    PyException_SetTraceback(exc, tb);
-  Py_XDECREF(type);
-  Py_XDECREF(tb);
+  PyObject *exc = ulpy_take_exception();
   if (!PyObject_IsInstance(exc, PyExc_OSError) || PyErr_Occurred()) {
     PyErr_Clear();
     call_exception_handler(t, message, exc);
