@@ -61,18 +61,38 @@ PyObject *ulpy_raise_errno(int err) {
 
 /* Freed plain Handles kept for reuse: one is made and freed per call_soon,
  * and the allocator's GC bookkeeping is a visible share of a task switch.
- * Process-wide and used only with the GIL held. */
+ * Process-wide and used only with the GIL held.
+ *
+ * An entry keeps the reference to its type that the Handle held: freeing
+ * the memory (PyObject_GC_Del) reads the type, so the type must outlive the
+ * entry.  The list is emptied when the last module instance is freed, and
+ * no Handle is kept after that (at interpreter exit, Handles can be freed
+ * after the module: their types were collected in the same cycle). */
 #define HANDLE_FREELIST_MAX 256
 static HandleObj *handle_freelist[HANDLE_FREELIST_MAX];
 static int handle_freelist_len;
+static int live_modules; /* module instances executed and not yet freed */
 
 static HandleObj *handle_alloc(PyTypeObject *tp, core_state *st) {
   if (tp == st->HandleType && handle_freelist_len > 0) {
     HandleObj *h = handle_freelist[--handle_freelist_len];
-    /* Memory from PyObject_GC_New, untracked: make it a new object. */
-    return (HandleObj *)PyObject_Init((PyObject *)h, tp);
+    PyTypeObject *old = Py_TYPE(h);
+    /* Memory from PyObject_GC_New, untracked: make it a new object (this
+     * takes a new reference to tp), then drop the entry's reference. */
+    PyObject_Init((PyObject *)h, tp);
+    Py_DECREF(old);
+    return h;
   }
   return PyObject_GC_New(HandleObj, tp);
+}
+
+static void handle_freelist_clear(void) {
+  while (handle_freelist_len > 0) {
+    HandleObj *h = handle_freelist[--handle_freelist_len];
+    PyTypeObject *tp = Py_TYPE(h);
+    PyObject_GC_Del(h);
+    Py_DECREF(tp);
+  }
 }
 
 static HandleObj *handle_new(LoopObj *loop, PyTypeObject *tp,
@@ -162,14 +182,17 @@ static void Handle_dealloc(HandleObj *h) {
   PyObject_GC_UnTrack(h);
   if (h->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)h);
-  LoopObj *loop = h->loop;
-  int reuse = loop != NULL && tp == loop->st->HandleType &&
+  /* A plain Handle or TimerHandle (same layout; a Python subclass has
+   * another tp_dealloc): keep its memory, with its type reference. */
+  int reuse = live_modules > 0 &&
+              tp->tp_dealloc == (destructor)Handle_dealloc &&
               handle_freelist_len < HANDLE_FREELIST_MAX;
   (void)Handle_clear(h);
-  if (reuse)
+  if (reuse) {
     handle_freelist[handle_freelist_len++] = h;
-  else
-    tp->tp_free(h);
+    return;
+  }
+  tp->tp_free(h);
   Py_DECREF(tp);
 }
 
@@ -1378,6 +1401,7 @@ static PyType_Spec Loop_spec = {
 
 static int core_exec(PyObject *mod) {
   core_state *st = PyModule_GetState(mod);
+  live_modules++; /* core_free runs for every module with a state */
   st->HandleType =
       (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Handle_spec, NULL);
   if (st->HandleType == NULL)
@@ -1457,8 +1481,8 @@ static int core_clear(PyObject *mod) {
 
 static void core_free(void *mod) {
   (void)core_clear((PyObject *)mod);
-  while (handle_freelist_len > 0)
-    PyObject_GC_Del(handle_freelist[--handle_freelist_len]);
+  if (--live_modules == 0)
+    handle_freelist_clear();
 }
 
 static PyModuleDef_Slot core_slots[] = {{Py_mod_exec, core_exec},
