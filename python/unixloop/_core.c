@@ -1133,10 +1133,14 @@ static void loop_close_core(LoopObj *self) {
   if (self->ul == NULL)
     return;
   ul_loop *ul = self->ul;
-  if (ul_loop_close(ul) != 0)
+  int was_closed = self->closed;
+  self->closed = 1; /* streams losing their connection now see it closed */
+  if (ul_loop_close(ul) != 0) {
+    self->closed = was_closed;
     return; /* running: the caller checked; keep everything */
+  }
   self->ul = NULL;
-  self->closed = 1;
+  ulpy_transports_orphan(self);
   PyObject *r = PyObject_CallMethod(self->readers, "clear", NULL);
   Py_XDECREF(r);
   r = PyObject_CallMethod(self->writers, "clear", NULL);
@@ -1249,7 +1253,9 @@ static PyObject *Loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   self->slow_callback_duration = 0.1;
   self->readers = PyDict_New();
   self->writers = PyDict_New();
-  if (self->readers == NULL || self->writers == NULL) {
+  self->open_transports = PySet_New(NULL);
+  if (self->readers == NULL || self->writers == NULL ||
+      self->open_transports == NULL) {
     Py_DECREF(self);
     return NULL;
   }
@@ -1296,6 +1302,7 @@ static int Loop_traverse(LoopObj *self, visitproc visit, void *arg) {
   Py_VISIT(self->readers);
   Py_VISIT(self->writers);
   Py_VISIT(self->task_factory);
+  Py_VISIT(self->open_transports);
   return 0;
 }
 
@@ -1303,13 +1310,15 @@ static int Loop_clear(LoopObj *self) {
   /* The C loop holds borrowed pointers to the handles in the tables: free
    * it before the tables go. */
   if (self->ul != NULL && !ul_loop_is_running(self->ul)) {
+    self->closed = 1;
     ul_loop_close(self->ul);
     self->ul = NULL;
-    self->closed = 1;
+    ulpy_transports_orphan(self);
   }
   Py_CLEAR(self->readers);
   Py_CLEAR(self->writers);
   Py_CLEAR(self->task_factory);
+  Py_CLEAR(self->open_transports);
   return 0;
 }
 

@@ -69,6 +69,8 @@ struct LoopObj {
   PyObject *pending_exc;      /* iteration's other callbacks run */
   PyObject *pending_exc_tb;
   PyObject *task_factory;  /* asyncio's loop._task_factory */
+  PyObject *open_transports; /* set: the SocketTransports whose stream is
+                                open (the stream's reference to each) */
   double slow_callback_duration;
 };
 
@@ -88,6 +90,10 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
+/* After ul_loop_close(): the loop's transports lose their stream without a
+ * call of connection_lost (as asyncio's); their sockets stay open until
+ * they are closed or collected ("unclosed transport" ResourceWarning). */
+void ulpy_transports_orphan(LoopObj *loop);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

@@ -10,11 +10,18 @@
  *
  * Lifetime: the stream holds a reference to the transport from
  * ul_stream_open() until connection_lost, which also closes the Python
- * socket object (the stream was told not to close the fd itself).
+ * socket object (the stream was told not to close the fd itself).  That
+ * reference is the loop's `open_transports` set, so that the garbage
+ * collector sees it.  When the loop closes first, the transport loses its
+ * stream without connection_lost ("orphaned", as asyncio's): its socket
+ * stays open until the transport is collected, which warns "unclosed
+ * transport" (ResourceWarning) and closes it.
  */
 #include "_core.h"
 
 #include <structmember.h>
+
+#include <string.h>
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
@@ -41,6 +48,8 @@ typedef struct {
   int fd;
   int conn_lost;
   int eof;
+  char orphaned;            /* the loop closed with the stream open */
+  char orphan_closing;      /* close() called after that */
 } TransportObj;
 
 /* ---- calling the protocol --------------------------------------------------- */
@@ -93,6 +102,24 @@ static void report_exception(TransportObj *t, const char *message) {
   Py_XDECREF(exc);
 }
 
+/* Debug mode: asyncio's logger.debug(fmt, transport[, message]), with the
+ * exception's traceback when exc is given. */
+static void debug_log(TransportObj *t, const char *fmt, const char *message,
+                      PyObject *exc) {
+  if (!t->loop->debug)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *f = ulpy_helper(t->loop->st, "transport_debug_log");
+  PyObject *r = f ? PyObject_CallFunction(f, "sOzO", fmt, (PyObject *)t,
+                                          message, exc ? exc : Py_None)
+                  : NULL;
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
  * exception as connection_lost's argument.  Takes the current exception. */
 static void fatal_error(TransportObj *t, const char *message) {
@@ -104,6 +131,8 @@ static void fatal_error(TransportObj *t, const char *message) {
   if (!PyObject_IsInstance(exc, PyExc_OSError) || PyErr_Occurred()) {
     PyErr_Clear();
     call_exception_handler(t, message, exc);
+  } else {
+    debug_log(t, "%r: %s", message, exc);
   }
   if (t->lost_exc == NULL)
     t->lost_exc = exc;
@@ -192,6 +221,7 @@ static int on_eof(ul_stream *stream, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
   release_rbuf(t);
+  debug_log(t, "%r received EOF", NULL, NULL);
   PyObject *r = PyObject_CallMethod(t->protocol, "eof_received", NULL);
   if (r == NULL) {
     fatal_error(t, "Fatal error: protocol.eof_received() call failed.");
@@ -273,6 +303,8 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   (void)stream;
   release_rbuf(t);
   t->stream = NULL;
+  if (t->loop->closed)
+    return; /* ul_loop_close(): ulpy_transports_orphan() follows */
   fail_empty_waiter(t);
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
@@ -296,9 +328,33 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   }
   if (PyErr_Occurred())
     PyErr_WriteUnraisable((PyObject *)t);
-  PyErr_Restore(type, e, tb);
   Py_CLEAR(t->server);
-  Py_DECREF(t); /* the stream's reference */
+  /* The stream's reference (t may be freed here). */
+  if (t->loop->open_transports != NULL &&
+      PySet_Discard(t->loop->open_transports, (PyObject *)t) < 0)
+    PyErr_WriteUnraisable(NULL);
+  PyErr_Restore(type, e, tb);
+}
+
+void ulpy_transports_orphan(LoopObj *loop) {
+  PyObject *set = loop->open_transports;
+  if (set == NULL || PySet_GET_SIZE(set) == 0)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *it = PyObject_GetIter(set);
+  PyObject *item;
+  while (it != NULL && (item = PyIter_Next(it)) != NULL) {
+    TransportObj *t = (TransportObj *)item;
+    release_rbuf(t);
+    t->stream = NULL; /* freed by ul_loop_close */
+    t->orphaned = 1;
+    Py_DECREF(item);
+  }
+  Py_XDECREF(it);
+  if (PyErr_Occurred() || PySet_Clear(set) < 0)
+    PyErr_WriteUnraisable(set);
+  PyErr_Restore(type, v, tb);
 }
 
 static const ul_stream_protocol plain_protocol = {
@@ -389,14 +445,19 @@ static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
   }
   const ul_stream_protocol *proto =
       t->data_received ? &plain_protocol : &buffered_protocol;
+  /* The stream's reference, until connection_lost. */
+  if (PySet_Add(t->loop->open_transports, (PyObject *)t) < 0) {
+    Py_DECREF(t);
+    return NULL;
+  }
   int err = ul_stream_open(t->loop->ul, fd, proto, t, &t->stream);
   if (err < 0) {
     t->stream = NULL;
+    (void)PySet_Discard(t->loop->open_transports, (PyObject *)t);
     Py_DECREF(t);
     return ulpy_raise_errno(err);
   }
   ul_stream_release_fd(t->stream);
-  Py_INCREF(t); /* held by the stream until connection_lost */
   return (PyObject *)t;
 }
 
@@ -438,8 +499,30 @@ static int Transport_clear(TransportObj *t) {
   return 0;
 }
 
+/* asyncio's _SelectorTransport.__del__: a transport collected before its
+ * connection was lost warns and closes its socket. */
+static void Transport_finalize(TransportObj *t) {
+  if (t->sock == NULL || (t->stream == NULL && !t->orphaned))
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R",
+                            (PyObject *)t) < 0)
+    PyErr_WriteUnraisable((PyObject *)t);
+  if (t->stream != NULL)
+    ul_stream_abort(t->stream); /* stop watching the fd before closing it */
+  t->orphaned = 0;              /* warn once */
+  PyObject *r = PyObject_CallMethod(t->sock, "close", NULL);
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
 static void Transport_dealloc(TransportObj *t) {
   PyTypeObject *tp = Py_TYPE(t);
+  if (PyObject_CallFinalizerFromDealloc((PyObject *)t) < 0)
+    return; /* resurrected */
   PyObject_GC_UnTrack(t);
   if (t->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)t);
@@ -513,8 +596,18 @@ static PyObject *Transport_can_write_eof(TransportObj *t,
   Py_RETURN_TRUE;
 }
 
+/* close() or abort() after the loop closed: asyncio's raise when they
+ * schedule connection_lost, and the transport counts as closing. */
+static PyObject *orphan_close(TransportObj *t) {
+  t->orphan_closing = 1;
+  ulpy_check_closed(t->loop);
+  return NULL;
+}
+
 static PyObject *Transport_close(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->orphan_closing)
+    return orphan_close(t);
   if (t->stream != NULL && !ul_stream_is_closing(t->stream)) {
     ul_stream_close(t->stream);
     t->conn_lost += ul_stream_get_write_buffer_size(t->stream) == 0;
@@ -524,6 +617,10 @@ static PyObject *Transport_close(TransportObj *t,
 
 static PyObject *Transport_abort(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->conn_lost) {
+    t->conn_lost++;
+    return orphan_close(t);
+  }
   if (t->stream != NULL && !t->conn_lost) {
     t->conn_lost++;
     ul_stream_abort(t->stream);
@@ -533,6 +630,8 @@ static PyObject *Transport_abort(TransportObj *t,
 
 static PyObject *Transport_is_closing(TransportObj *t,
                                       PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned)
+    return PyBool_FromLong(t->orphan_closing);
   return PyBool_FromLong(t->stream == NULL ||
                          ul_stream_is_closing(t->stream));
 }
@@ -544,15 +643,20 @@ static PyObject *Transport_is_reading(TransportObj *t,
 
 static PyObject *Transport_pause_reading(TransportObj *t,
                                          PyObject *Py_UNUSED(ignored)) {
-  if (t->stream != NULL)
+  if (t->stream != NULL && ul_stream_is_reading(t->stream)) {
     (void)ul_stream_pause_reading(t->stream);
+    debug_log(t, "%r pauses reading", NULL, NULL);
+  }
   Py_RETURN_NONE;
 }
 
 static PyObject *Transport_resume_reading(TransportObj *t,
                                           PyObject *Py_UNUSED(ignored)) {
-  if (t->stream != NULL)
+  if (t->stream != NULL && !ul_stream_is_closing(t->stream) &&
+      !ul_stream_is_reading(t->stream)) {
     (void)ul_stream_resume_reading(t->stream);
+    debug_log(t, "%r resumes reading", NULL, NULL);
+  }
   Py_RETURN_NONE;
 }
 
@@ -630,16 +734,22 @@ static PyObject *Transport_set_protocol(TransportObj *t, PyObject *protocol) {
   Py_RETURN_NONE;
 }
 
+/* asyncio's _SelectorTransport.__repr__, e.g.
+ * <SocketTransport fd=6 read=polling write=<idle, bufsize=0>>. */
 static PyObject *Transport_repr(TransportObj *t) {
-  const char *state = t->stream == NULL ? " closed"
-                      : ul_stream_is_closing(t->stream) ? " closing"
-                                                        : "";
+  const char *name = strrchr(Py_TYPE(t)->tp_name, '.');
+  name = name ? name + 1 : Py_TYPE(t)->tp_name;
+  if (t->orphaned)
+    return PyUnicode_FromFormat("<%s%s fd=%d>", name,
+                                t->orphan_closing ? " closing" : "", t->fd);
   if (t->stream == NULL)
-    return PyUnicode_FromFormat("<%s%s>", Py_TYPE(t)->tp_name, state);
+    return PyUnicode_FromFormat("<%s closed fd=%d>", name, t->fd);
+  size_t bufsize = ul_stream_get_write_buffer_size(t->stream);
   return PyUnicode_FromFormat(
-      "<%s%s fd=%d read=%s write=<bufsize=%zu>>", Py_TYPE(t)->tp_name, state,
-      t->fd, ul_stream_is_reading(t->stream) ? "polling" : "idle",
-      ul_stream_get_write_buffer_size(t->stream));
+      "<%s%s fd=%d read=%s write=<%s, bufsize=%zu>>", name,
+      ul_stream_is_closing(t->stream) ? " closing" : "", t->fd,
+      ul_stream_is_reading(t->stream) ? "polling" : "idle",
+      bufsize ? "polling" : "idle", bufsize);
 }
 
 static PyObject *Transport_get_sock(TransportObj *t, void *c) {
@@ -715,6 +825,7 @@ static PyType_Slot Transport_slots[] = {
     {Py_tp_new, Transport_new},
     {Py_tp_init, Transport_init},
     {Py_tp_dealloc, Transport_dealloc},
+    {Py_tp_finalize, Transport_finalize},
     {Py_tp_traverse, Transport_traverse},
     {Py_tp_clear, Transport_clear},
     {Py_tp_repr, Transport_repr},

@@ -76,3 +76,9 @@ def water_marks(high, low):
         raise ValueError(
             f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
     return high, low
+
+
+def transport_debug_log(fmt, transport, message, exc):
+    """A debug-mode message of a C transport, worded as asyncio's."""
+    args = (transport,) if message is None else (transport, message)
+    logger.debug(fmt, *args, exc_info=exc)
