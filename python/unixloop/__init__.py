@@ -68,6 +68,9 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         # while callbacks are ready.
         self._ssock = self._csock = None
         self._internal_fds = 1  # the C core's wake-up eventfd
+        if sys.version_info >= (3, 13):
+            # create_unix_server(cleanup_socket=True): the sockets to unlink.
+            self._unix_server_sockets = {}
 
     def add_signal_handler(self, sig, callback, *args):
         """Add a handler for a signal, as asyncio's (same checks, same
@@ -184,7 +187,10 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         transport = _core.SocketTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
         if server is not None:
-            server._attach()
+            if sys.version_info >= (3, 13):
+                server._attach(transport)  # Server.close_clients() (3.13)
+            else:
+                server._attach()
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport

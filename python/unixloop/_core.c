@@ -701,44 +701,49 @@ static PyObject *Loop_create_future(LoopObj *self,
   return ulpy_create_future(self);
 }
 
-/* asyncio's create_task(coro, *, name=None, context=None).  The common case
- * (no task factory) is done here; a task factory goes through the Python
- * helper, which is asyncio's own code. */
+/* asyncio's create_task: the interpreter's own BaseEventLoop.create_task
+ * (its signature and task factory protocol change between versions: 3.13
+ * passes extra keyword arguments such as eager_start on to the Task or the
+ * factory).  Called as an unbound function, without a frame of ours, so
+ * that its debug-mode source traceback is asyncio's. */
+static PyObject *create_task_asyncio(LoopObj *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames) {
+  PyObject *f = ulpy_helper(self->st, "base_create_task");
+  if (f == NULL)
+    return NULL;
+  Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+  PyObject **stack = PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+  if (stack == NULL)
+    return PyErr_NoMemory();
+  stack[0] = (PyObject *)self;
+  for (Py_ssize_t i = 0; i < n; i++)
+    stack[i + 1] = args[i];
+  PyObject *task = PyObject_Vectorcall(f, stack, (size_t)nargs + 1, kwnames);
+  PyMem_Free(stack);
+  return task;
+}
+
+/* create_task(coro, *, name=None, context=None): the common case (no task
+ * factory, no other argument) in C; the rest is asyncio's own code. */
 static PyObject *Loop_create_task(LoopObj *self, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames) {
   core_state *st = self->st;
-  PyObject *coro = NULL, *name = Py_None, *context = Py_None;
+  PyObject *name = Py_None, *context = Py_None;
   Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-  if (nargs == 1)
-    coro = args[0];
+  if (nargs != 1 ||
+      (self->task_factory != NULL && self->task_factory != Py_None))
+    return create_task_asyncio(self, args, nargs, kwnames);
   for (Py_ssize_t i = 0; i < nkw; i++) {
     PyObject *key = PyTuple_GET_ITEM(kwnames, i);
     if (PyUnicode_CompareWithASCIIString(key, "name") == 0)
       name = args[nargs + i];
     else if (PyUnicode_CompareWithASCIIString(key, "context") == 0)
       context = args[nargs + i];
-    else if (PyUnicode_CompareWithASCIIString(key, "coro") == 0 && !coro)
-      coro = args[nargs + i];
-    else {
-      PyErr_Format(PyExc_TypeError,
-                   "create_task() got an unexpected keyword argument '%S'",
-                   key);
-      return NULL;
-    }
-  }
-  if (coro == NULL || nargs > 1) {
-    PyErr_SetString(PyExc_TypeError,
-                    "create_task() takes exactly one positional argument");
-    return NULL;
+    else
+      return create_task_asyncio(self, args, nargs, kwnames);
   }
   if (ulpy_check_closed(self) < 0)
     return NULL;
-  if (self->task_factory != NULL && self->task_factory != Py_None) {
-    PyObject *f = ulpy_helper(st, "create_task_with_factory");
-    return f ? PyObject_CallFunctionObjArgs(f, (PyObject *)self, coro, name,
-                                            context, NULL)
-             : NULL;
-  }
   if (import_asyncio_modules(st) < 0)
     return NULL;
   PyObject *cls = PyObject_GetAttr(st->tasks_module, st->str_Task);
@@ -747,7 +752,7 @@ static PyObject *Loop_create_task(LoopObj *self, PyObject *const *args,
   /* Task(coro, loop=self, name=name, context=context).  In debug mode the
    * task's source traceback ends at our caller: this create_task has no
    * Python frame for asyncio's `del task._source_traceback[-1]` to drop. */
-  PyObject *stack[5] = {NULL, coro, (PyObject *)self, name, context};
+  PyObject *stack[5] = {NULL, args[0], (PyObject *)self, name, context};
   PyObject *task = PyObject_Vectorcall(
       cls, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_task);
   Py_DECREF(cls);

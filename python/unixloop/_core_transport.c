@@ -323,7 +323,12 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   r = PyObject_CallMethod(t->sock, "close", NULL);
   Py_XDECREF(r);
   if (t->server != NULL && t->server != Py_None) {
+#if PY_VERSION_HEX >= 0x030D0000
+    /* 3.13: the server keeps its clients for close_clients(). */
+    r = PyObject_CallMethod(t->server, "_detach", "(O)", (PyObject *)t);
+#else
     r = PyObject_CallMethod(t->server, "_detach", NULL);
+#endif
     Py_XDECREF(r);
   }
   if (PyErr_Occurred())

@@ -47,17 +47,9 @@ def warn_slow_callback(handle, seconds):
                    base_events._format_handle(handle), seconds)
 
 
-def create_task_with_factory(loop, coro, name, context):
-    """asyncio's create_task() when a task factory is set."""
-    from asyncio import tasks
-    if context is None:
-        # The legacy factory signature, when no context is needed.
-        task = loop._task_factory(loop, coro)
-    else:
-        task = loop._task_factory(loop, coro, context=context)
-    tasks._set_task_name(task, name)
-    return task
-
+# asyncio's create_task of the running interpreter, for what the C one does
+# not do itself (a task factory, arguments other than name and context).
+base_create_task = base_events.BaseEventLoop.create_task
 
 
 def warn_send_after_close():
