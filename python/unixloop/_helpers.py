@@ -74,3 +74,16 @@ def transport_debug_log(fmt, transport, message, exc):
     """A debug-mode message of a C transport, worded as asyncio's."""
     args = (transport,) if message is None else (transport, message)
     logger.debug(fmt, *args, exc_info=exc)
+
+
+def warn_slow_transport_callback(transport, what, seconds):
+    """A slow protocol callback of a C transport, named as the handle that
+    runs it in asyncio."""
+    if what == 'connection_made':
+        protocol = transport.get_protocol()
+        source = format_helpers._format_callback_source(
+            protocol.connection_made, (transport,))
+    else:
+        source = f'{type(transport).__name__}.{what}()'
+    logger.warning('Executing %s took %.3f seconds', f'<Handle {source}>',
+                   seconds)

@@ -359,3 +359,40 @@ def test_task_source_traceback_in_debug(aloop):
     assert 'test_task_source_traceback_in_debug' in \
         [f.name for f in fut._source_traceback[-2:]]
     aloop.run_until_complete(task)
+
+
+@pytest.mark.parametrize('callback', ['connection_made', 'data_received'])
+def test_slow_protocol_callback_logged(aloop, caplog, callback):
+    # A slow protocol callback is reported as the handle that ran it, as
+    # asyncio does (e.g. "Executing <Handle ..._read_ready()> took ...").
+    aloop.set_debug(True)
+    aloop.slow_callback_duration = 0.01
+    a, b = socket.socketpair()
+    got = aloop.create_future()
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            if callback == 'connection_made':
+                _slow(0.03)
+
+        def data_received(self, data):
+            _slow(0.03)
+            got.set_result(data)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger='asyncio'):
+            tr, _ = aloop.run_until_complete(
+                aloop.create_connection(Proto, sock=a))
+            b.send(b'x')
+            aloop.run_until_complete(asyncio.wait_for(got, TIMEOUT))
+        msgs = [r.getMessage() for r in caplog.records
+                if r.name == 'asyncio' and r.levelno == logging.WARNING]
+        expect = ('.connection_made(' if callback == 'connection_made'
+                  else '._read_ready()')
+        slow = [m for m in msgs if m.startswith('Executing <Handle ')
+                and expect in m and ' took ' in m]
+        assert len(slow) >= 1, msgs
+        tr.close()
+        aloop.run_until_complete(asyncio.sleep(0))
+    finally:
+        b.close()
