@@ -796,8 +796,11 @@ int ulpy_fileobj_to_fd(PyObject *fileobj) {
     if (str_fileno == NULL &&
         (str_fileno = PyUnicode_InternFromString("fileno")) == NULL)
       return -1;
+    /* int(fileobj.fileno()), as selectors does (a mock's fileno() too) */
     PyObject *r = PyObject_CallMethodNoArgs(fileobj, str_fileno);
-    if (r == NULL) {
+    PyObject *n = r ? PyNumber_Long(r) : NULL;
+    Py_XDECREF(r);
+    if (n == NULL) {
       if (PyErr_ExceptionMatches(PyExc_AttributeError) ||
           PyErr_ExceptionMatches(PyExc_TypeError) ||
           PyErr_ExceptionMatches(PyExc_ValueError)) {
@@ -806,10 +809,8 @@ int ulpy_fileobj_to_fd(PyObject *fileobj) {
       }
       return -1;
     }
-    fd = PyLong_Check(r) ? long_as_fd(r) : -1;
-    if (!PyLong_Check(r) && !PyErr_Occurred())
-      PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
-    Py_DECREF(r);
+    fd = long_as_fd(n);
+    Py_DECREF(n);
   }
   if (fd == -1 && PyErr_Occurred())
     return -1;

@@ -5,8 +5,7 @@ raised, debug mode, repr), so they may be as slow as asyncio's own code;
 they produce exactly what asyncio produces.
 """
 import sys
-from asyncio import base_events, format_helpers
-from asyncio.log import logger
+from asyncio import base_events, format_helpers, selector_events
 
 
 def format_callback_failure(callback, args, exc, handle):
@@ -43,8 +42,9 @@ def extract_stack():
 
 
 def warn_slow_callback(handle, seconds):
-    logger.warning('Executing %s took %.3f seconds',
-                   base_events._format_handle(handle), seconds)
+    # base_events.logger looked up now: tests patch it.
+    base_events.logger.warning('Executing %s took %.3f seconds',
+                               base_events._format_handle(handle), seconds)
 
 
 # asyncio's create_task of the running interpreter, for what the C one does
@@ -55,7 +55,7 @@ base_create_task = base_events.BaseEventLoop.create_task
 def warn_send_after_close():
     # asyncio's transports say this from the fifth write after the
     # connection was lost.
-    logger.warning('socket.send() raised exception.')
+    selector_events.logger.warning('socket.send() raised exception.')
 
 
 def water_marks(high, low):
@@ -73,7 +73,7 @@ def water_marks(high, low):
 def transport_debug_log(fmt, transport, message, exc):
     """A debug-mode message of a C transport, worded as asyncio's."""
     args = (transport,) if message is None else (transport, message)
-    logger.debug(fmt, *args, exc_info=exc)
+    selector_events.logger.debug(fmt, *args, exc_info=exc)
 
 
 def warn_slow_transport_callback(transport, what, seconds):
@@ -85,5 +85,5 @@ def warn_slow_transport_callback(transport, what, seconds):
             protocol.connection_made, (transport,))
     else:
         source = f'{type(transport).__name__}.{what}()'
-    logger.warning('Executing %s took %.3f seconds', f'<Handle {source}>',
-                   seconds)
+    base_events.logger.warning('Executing %s took %.3f seconds',
+                               f'<Handle {source}>', seconds)

@@ -160,9 +160,19 @@ def _gen_test_events(mod, tu):
                                  tu.TestCase):
         def create_event_loop(self):
             return loop_factory()
-    return [UnixloopEventLoopTests], [
+    # PolicyTests make their loops with asyncio.DefaultEventLoopPolicy():
+    # give them the side's policy class under that name.
+    class UnixloopPolicyTests(mod.PolicyTests):
+        def setUp(self):
+            import asyncio
+            saved = asyncio.DefaultEventLoopPolicy
+            asyncio.DefaultEventLoopPolicy = POLICY_CLASS
+            self.addCleanup(setattr, asyncio, 'DefaultEventLoopPolicy',
+                            saved)
+            super().setUp()
+    return [UnixloopEventLoopTests, UnixloopPolicyTests], [
         'KqueueEventLoopTests', 'EPollEventLoopTests',
-        'PollEventLoopTests', 'SelectEventLoopTests']
+        'PollEventLoopTests', 'SelectEventLoopTests', 'PolicyTests']
 
 
 def _gen_test_sock_lowlevel(mod, tu):
@@ -241,8 +251,49 @@ def _gen_test_unix_events(mod, tu):
             import asyncio
             self.loop = loop_factory()
             asyncio.set_event_loop(self.loop)
-    return [UnixloopUnixSocketTests, UnixloopFunctionalTests], [
-        'SelectorEventLoopUnixSocketTests', 'TestFunctional']
+
+    # add_signal_handler & co. with the signal module mocked: unixloop's go
+    # through asyncio's code, so they run too.
+    class UnixloopSignalTests(mod.SelectorEventLoopSignalTests):
+        def setUp(self):
+            tu.TestCase.setUp(self)
+            self.loop = loop_factory()
+            self.set_event_loop(self.loop)
+
+    # The policy's child-watcher bookkeeping, with the side's policy.
+    class UnixloopPolicyTests(mod.PolicyTests):
+        def create_policy(self):
+            return POLICY_CLASS()
+    return [UnixloopUnixSocketTests, UnixloopFunctionalTests,
+            UnixloopSignalTests, UnixloopPolicyTests], [
+        'SelectorEventLoopUnixSocketTests', 'TestFunctional',
+        'SelectorEventLoopSignalTests', 'PolicyTests']
+
+
+def _gen_test_base_events(mod, tu):
+    # Public loop API (create_connection, create_server,
+    # create_datagram_endpoint, ... and their errors) on a real loop, with
+    # sockets or getaddrinfo mocked.
+    class UnixloopBaseEventLoopWithSelectorTests(
+            mod.BaseEventLoopWithSelectorTests):
+        def setUp(self):
+            tu.TestCase.setUp(self)
+            self.loop = loop_factory()
+            self.set_event_loop(self.loop)
+
+    # sock_sendfile's argument checks and its result, on the side's loop
+    # (the module's class runs asyncio's BaseSelectorEventLoop, which has
+    # no native sendfile; the two tests of that lack are excluded).
+    class UnixloopSockSendfileTests(mod.BaseLoopSockSendfileTests):
+        def setUp(self):
+            self.loop = loop_factory()
+            self.set_event_loop(self.loop)
+            self.file = open(mod.os_helper.TESTFN, 'rb')
+            self.addCleanup(self.file.close)
+            tu.TestCase.setUp(self)
+    return [UnixloopBaseEventLoopWithSelectorTests,
+            UnixloopSockSendfileTests], [
+        'BaseEventLoopWithSelectorTests', 'BaseLoopSockSendfileTests']
 
 
 GENERATORS = {
@@ -254,6 +305,7 @@ GENERATORS = {
     'test_sslproto': _gen_test_sslproto,
     'test_buffered_proto': _gen_test_buffered_proto,
     'test_unix_events': _gen_test_unix_events,
+    'test_base_events': _gen_test_base_events,
 }
 
 
