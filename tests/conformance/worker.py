@@ -154,6 +154,14 @@ def install_loop_under_test():
 # asyncio.SelectorEventLoop (or a child watcher) and are run on neither side;
 # both sides run the generated classes, so both sides run the same test ids.
 
+def _side_loop_setup(test, tu):
+    """setUp of a test_utils.TestCase whose own setUp hard-codes
+    asyncio.SelectorEventLoop(): the same, with the side's loop."""
+    tu.TestCase.setUp(test)
+    test.loop = loop_factory()
+    test.set_event_loop(test.loop)
+
+
 def _gen_test_events(mod, tu):
     class UnixloopEventLoopTests(mod.UnixEventLoopTestsMixin,
                                  mod.SubprocessTestsMixin,
@@ -242,9 +250,7 @@ def _gen_test_buffered_proto(mod, tu):
 def _gen_test_unix_events(mod, tu):
     class UnixloopUnixSocketTests(mod.SelectorEventLoopUnixSocketTests):
         def setUp(self):
-            tu.TestCase.setUp(self)
-            self.loop = loop_factory()
-            self.set_event_loop(self.loop)
+            _side_loop_setup(self, tu)
 
     class UnixloopFunctionalTests(mod.TestFunctional):
         def setUp(self):
@@ -256,9 +262,7 @@ def _gen_test_unix_events(mod, tu):
     # through asyncio's code, so they run too.
     class UnixloopSignalTests(mod.SelectorEventLoopSignalTests):
         def setUp(self):
-            tu.TestCase.setUp(self)
-            self.loop = loop_factory()
-            self.set_event_loop(self.loop)
+            _side_loop_setup(self, tu)
 
     # The policy's child-watcher bookkeeping, with the side's policy.
     class UnixloopPolicyTests(mod.PolicyTests):
@@ -277,9 +281,7 @@ def _gen_test_base_events(mod, tu):
     class UnixloopBaseEventLoopWithSelectorTests(
             mod.BaseEventLoopWithSelectorTests):
         def setUp(self):
-            tu.TestCase.setUp(self)
-            self.loop = loop_factory()
-            self.set_event_loop(self.loop)
+            _side_loop_setup(self, tu)
 
     # sock_sendfile's argument checks and its result, on the side's loop
     # (the module's class runs asyncio's BaseSelectorEventLoop, which has

@@ -67,6 +67,21 @@ async def main():
     return srv, writer
 keep = loop.run_until_complete(main())
 ''',
+    # A loop still running in a daemon thread when the interpreter exits
+    # (the thread is stopped while polling without the GIL).
+    'daemon_thread_running_loop': '''
+import threading
+started = threading.Event()
+def run():
+    loop = unixloop.new_event_loop()
+    async def main():
+        started.set()
+        while True:
+            await asyncio.sleep(0.001)
+    loop.run_until_complete(main())
+threading.Thread(target=run, daemon=True).start()
+started.wait(10)
+''',
     # A second instance of the extension module (importlib makes one per
     # spec): both share the process-wide freelist.
     'two_module_instances': '''

@@ -54,6 +54,22 @@ def resource_messages(caught, prefix):
             m.startswith(prefix)]
 
 
+def connect(loop):
+    """A transport on one end of a socket pair: (a, b, transport, proto)."""
+    a, b = socket.socketpair()
+    tr, proto = loop.run_until_complete(
+        loop.create_connection(Proto, sock=a))
+    return a, b, tr, proto
+
+
+def unclosed_transport_warnings(holder):
+    """Empties holder (the last reference to a transport) and returns the
+    'unclosed transport' warnings that followed."""
+    with Recorded() as got:
+        holder.clear()
+    return resource_messages(got, 'unclosed transport')
+
+
 kinds = pytest.mark.parametrize('kind', ['asyncio', 'unixloop'])
 
 
@@ -82,9 +98,7 @@ def test_closed_loop_does_not_warn(kind):
 def test_loop_close_keeps_transport_open_then_warns(kind):
     before = open_fds()
     loop = new_loop(kind)
-    a, b = socket.socketpair()
-    tr, proto = loop.run_until_complete(
-        loop.create_connection(Proto, sock=a))
+    a, b, tr, proto = connect(loop)
     fd = a.fileno()
     loop.close()
     # asyncio's close() does not call connection_lost: the socket stays
@@ -107,18 +121,15 @@ def test_loop_close_keeps_transport_open_then_warns(kind):
 @kinds
 def test_close_after_loop_closed_raises_like_asyncio(kind):
     loop = new_loop(kind)
-    a, b = socket.socketpair()
-    tr, proto = loop.run_until_complete(
-        loop.create_connection(Proto, sock=a))
+    a, b, tr, proto = connect(loop)
     loop.close()
     with pytest.raises(RuntimeError, match='Event loop is closed'):
         tr.close()
     assert tr.is_closing()
     assert repr(tr).startswith(f'<{type(tr).__name__} closing fd=')
-    with Recorded() as got:
-        del tr
-    assert len(resource_messages(got,
-                                 'unclosed transport')) == 1
+    box = [tr]
+    del tr
+    assert len(unclosed_transport_warnings(box)) == 1
     assert proto.events == ['made']
     b.close()
 
@@ -138,10 +149,9 @@ def test_loop_closed_before_connection_made(kind):
     assert not tr.is_closing()
     assert repr(tr) == f'<{type(tr).__name__} fd={a.fileno()}>'
     assert tr.get_write_buffer_size() == 0
-    with Recorded() as got:
-        del tr
-    assert len(resource_messages(got,
-                                 'unclosed transport')) == 1
+    box = [tr]
+    del tr
+    assert len(unclosed_transport_warnings(box)) == 1
     assert proto.events == []
     assert a.fileno() == -1
     b.close()
@@ -151,9 +161,7 @@ def test_loop_closed_before_connection_made(kind):
 @kinds
 def test_transport_lost_normally_does_not_warn(kind):
     loop = new_loop(kind)
-    a, b = socket.socketpair()
-    tr, proto = loop.run_until_complete(
-        loop.create_connection(Proto, sock=a))
+    a, b, tr, proto = connect(loop)
     tr.close()
     loop.run_until_complete(asyncio.sleep(0))
     assert proto.events == ['made', 'lost']
@@ -170,9 +178,7 @@ def test_forgotten_loop_and_transport_are_collected(kind):
     # collected, both warn, the socket is closed.
     before = open_fds()
     loop = new_loop(kind)
-    a, b = socket.socketpair()
-    tr, proto = loop.run_until_complete(
-        loop.create_connection(Proto, sock=a))
+    a, b, tr, proto = connect(loop)
     with Recorded() as got:
         del loop, tr
     assert len(resource_messages(got, 'unclosed event loop')) == 1
