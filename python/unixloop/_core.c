@@ -769,6 +769,8 @@ int ulpy_fileobj_to_fd(PyObject *fileobj) {
         (str_fileno = PyUnicode_InternFromString("fileno")) == NULL)
       return -1;
     PyObject *r = PyObject_CallMethodNoArgs(fileobj, str_fileno);
+    if (r != NULL && !PyLong_Check(r)) /* int(fileobj.fileno()) */
+      Py_SETREF(r, PyNumber_Long(r));
     if (r == NULL) {
       if (PyErr_ExceptionMatches(PyExc_AttributeError) ||
           PyErr_ExceptionMatches(PyExc_TypeError) ||
@@ -1410,7 +1412,8 @@ static int core_exec(PyObject *mod) {
       !st->str_check_callback || !st->str_Task || !st->str_Future ||
       !st->kw_loop || !st->kw_task)
     return -1;
-  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0)
+  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0 ||
+      ulpy_dgram_exec(mod, st) < 0)
     return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
@@ -1429,6 +1432,7 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->LoopType);
   Py_VISIT(st->SockOpType);
   Py_VISIT(st->TransportType);
+  Py_VISIT(st->DgramType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1442,6 +1446,7 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->LoopType);
   Py_CLEAR(st->SockOpType);
   Py_CLEAR(st->TransportType);
+  Py_CLEAR(st->DgramType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);

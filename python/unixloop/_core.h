@@ -29,6 +29,7 @@ typedef struct {
   PyObject *kw_task;          /* ("loop", "name", "context") */
   PyTypeObject *SockOpType;  /* _core_sock.c */
   PyTypeObject *TransportType; /* _core_transport.c */
+  PyTypeObject *DgramType;     /* _core_dgram.c */
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -88,6 +89,18 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
+/* Helpers of every transport type: a fatal exception kept aside for the
+ * loop; call_exception_handler with a transport's context; the current
+ * exception reported that way. */
+void ulpy_stash_fatal(LoopObj *loop);
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc);
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message);
+
+/* _core_dgram.c */
+int ulpy_dgram_exec(PyObject *mod, core_state *st);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

@@ -45,11 +45,11 @@ typedef struct {
 
 /* ---- calling the protocol --------------------------------------------------- */
 
-/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
- * callback: keep it aside and stop the loop after this iteration; the other
- * callbacks of the iteration still run (their data was already read). */
-static void stash_fatal(TransportObj *t) {
-  LoopObj *loop = t->loop;
+/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a
+ * transport callback: keep it aside and stop the loop after this iteration;
+ * the other callbacks of the iteration still run (their data was already
+ * read).  Shared with the datagram transport (_core_dgram.c). */
+void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
                 &loop->pending_exc_tb);
@@ -60,22 +60,24 @@ static void stash_fatal(TransportObj *t) {
     ul_loop_break(loop->ul, -EINTR);
 }
 
-static void call_exception_handler(TransportObj *t, const char *message,
-                                   PyObject *exc) {
+/* loop.call_exception_handler({message, exception, transport, protocol}). */
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc) {
   PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
                                 "exception", exc ? exc : Py_None,
-                                "transport", (PyObject *)t, "protocol",
-                                t->protocol ? t->protocol : Py_None);
-  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)t->loop,
+                                "transport", transport, "protocol",
+                                protocol ? protocol : Py_None);
+  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)loop,
                                           "call_exception_handler", "(O)",
                                           ctx)
                     : NULL;
   Py_XDECREF(ctx);
   if (r == NULL) {
     if (ulpy_is_fatal_exception())
-      stash_fatal(t);
+      ulpy_stash_fatal(loop);
     else
-      PyErr_WriteUnraisable((PyObject *)t);
+      PyErr_WriteUnraisable(transport);
   }
   Py_XDECREF(r);
 }
@@ -83,14 +85,28 @@ static void call_exception_handler(TransportObj *t, const char *message,
 /* Reports the current exception through the loop's exception handler, as
  * asyncio does for an exception escaping a callback; a fatal one
  * (SystemExit, KeyboardInterrupt) is kept aside for the loop instead. */
-static void report_exception(TransportObj *t, const char *message) {
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message) {
   if (ulpy_is_fatal_exception()) {
-    stash_fatal(t);
+    ulpy_stash_fatal(loop);
     return;
   }
   PyObject *exc = ulpy_take_exception();
-  call_exception_handler(t, message, exc);
+  ulpy_transport_exception(loop, transport, protocol, message, exc);
   Py_XDECREF(exc);
+}
+
+static void stash_fatal(TransportObj *t) {
+  ulpy_stash_fatal(t->loop);
+}
+
+static void call_exception_handler(TransportObj *t, const char *message,
+                                   PyObject *exc) {
+  ulpy_transport_exception(t->loop, (PyObject *)t, t->protocol, message, exc);
+}
+
+static void report_exception(TransportObj *t, const char *message) {
+  ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
