@@ -31,6 +31,17 @@
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
+/* Recent senders' IP addresses and their Python tuples: a server answering
+ * a few peers reuses the tuple of each instead of building one per
+ * datagram, and a sendto() given back that very tuple skips converting it. */
+#define ADDR_CACHE_SIZE 32
+
+typedef struct {
+  PyObject *tuple;          /* NULL: empty slot */
+  socklen_t len;
+  struct sockaddr_in6 addr; /* large enough for AF_INET and AF_INET6 */
+} addr_entry;
+
 typedef struct {
   PyObject_HEAD
   PyObject *extra;          /* asyncio BaseTransport.__slots__ = ('_extra',) */
@@ -50,6 +61,8 @@ typedef struct {
   int connected;            /* extra['peername'] is set: send() to it */
   int conn_lost;            /* asyncio's _conn_lost */
   int protocol_paused;
+  addr_entry cache[ADDR_CACHE_SIZE];
+  addr_entry *last;         /* the entry of the last datagram received */
 } DgramObj;
 
 /* ---- addresses ------------------------------------------------------------- */
@@ -64,7 +77,12 @@ static PyObject *addr_to_python(const struct sockaddr *sa, socklen_t len) {
     char host[INET_ADDRSTRLEN];
     if (inet_ntop(AF_INET, &a->sin_addr, host, sizeof host) == NULL)
       break;
-    return Py_BuildValue("(si)", host, (int)ntohs(a->sin_port));
+    PyObject *h = PyUnicode_FromString(host);
+    PyObject *p = h ? PyLong_FromLong(ntohs(a->sin_port)) : NULL;
+    PyObject *r = p ? PyTuple_Pack(2, h, p) : NULL;
+    Py_XDECREF(h);
+    Py_XDECREF(p);
+    return r;
   }
   case AF_INET6: {
     const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
@@ -91,6 +109,44 @@ static PyObject *addr_to_python(const struct sockaddr *sa, socklen_t len) {
                        (Py_ssize_t)(len > sizeof(sa_family_t)
                                         ? len - sizeof(sa_family_t)
                                         : 0));
+}
+
+static void cache_clear(DgramObj *t) {
+  for (int i = 0; i < ADDR_CACHE_SIZE; i++)
+    Py_CLEAR(t->cache[i].tuple);
+  t->last = NULL;
+}
+
+/* The sender's address as a Python object, from the cache for IP
+ * addresses. */
+static PyObject *sender_address(DgramObj *t, const struct sockaddr *sa,
+                                socklen_t len) {
+  if ((sa->sa_family != AF_INET && sa->sa_family != AF_INET6) ||
+      len > sizeof(struct sockaddr_in6))
+    return addr_to_python(sa, len);
+  uint32_t h;
+  if (sa->sa_family == AF_INET) {
+    const struct sockaddr_in *a = (const struct sockaddr_in *)sa;
+    h = a->sin_addr.s_addr ^ ((uint32_t)a->sin_port * 2654435761u);
+  } else {
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)sa;
+    uint32_t w;
+    memcpy(&w, &a->sin6_addr.s6_addr[12], sizeof w);
+    h = w ^ ((uint32_t)a->sin6_port * 2654435761u);
+  }
+  addr_entry *e = &t->cache[(h ^ (h >> 16)) % ADDR_CACHE_SIZE];
+  if (e->tuple != NULL && e->len == len && memcmp(&e->addr, sa, len) == 0) {
+    t->last = e;
+    return Py_NewRef(e->tuple);
+  }
+  PyObject *tuple = addr_to_python(sa, len);
+  if (tuple == NULL)
+    return NULL;
+  Py_XSETREF(e->tuple, Py_NewRef(tuple));
+  e->len = len;
+  memcpy(&e->addr, sa, len);
+  t->last = e;
+  return tuple;
 }
 
 static int long_in_range(PyObject *o, long lo, long hi, long *out) {
@@ -224,7 +280,7 @@ static void on_datagram(ul_dgram *d, const char *data, size_t len,
   (void)d;
   PyObject *args[2];
   args[0] = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
-  args[1] = args[0] ? addr_to_python(addr, addrlen) : NULL;
+  args[1] = args[0] ? sender_address(t, addr, addrlen) : NULL;
   PyObject *r = args[1] ? PyObject_Vectorcall(t->datagram_received, args, 2,
                                               NULL)
                         : NULL;
@@ -288,6 +344,7 @@ static void on_lost(ul_dgram *d, int err, void *ctx) {
   /* asyncio forgets the protocol once it lost its connection. */
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->datagram_received);
+  cache_clear(t);
   Py_DECREF(t); /* the ul_dgram's reference */
 }
 
@@ -394,10 +451,13 @@ static int Dgram_traverse(DgramObj *t, visitproc visit, void *arg) {
   Py_VISIT(t->address);
   Py_VISIT(t->lost_exc);
   Py_VISIT(t->dict);
+  for (int i = 0; i < ADDR_CACHE_SIZE; i++)
+    Py_VISIT(t->cache[i].tuple);
   return 0;
 }
 
 static int Dgram_clear(DgramObj *t) {
+  cache_clear(t);
   Py_CLEAR(t->extra);
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->datagram_received);
@@ -557,7 +617,13 @@ static PyObject *Dgram_sendto(DgramObj *t, PyObject *const *args,
     err = ul_dgram_sendto(t->dgram, view.buf, (size_t)view.len, NULL, 0);
   } else {
     struct sockaddr_storage ss;
-    socklen_t len = addr_from_python(t->family, addr, &ss);
+    socklen_t len;
+    if (t->last != NULL && t->last->tuple == addr) { /* answering it */
+      len = t->last->len;
+      memcpy(&ss, &t->last->addr, len);
+    } else {
+      len = addr_from_python(t->family, addr, &ss);
+    }
     if (len == 0) {
       result = sendto_python(t, data, &view, addr);
       goto done;

@@ -471,3 +471,30 @@ def test_connection_made_before_waiter_and_data(aloop):
         await p.lost
     run(aloop, main())
     assert order == ['made', 'returned']
+
+
+def test_many_peers_each_answered(aloop):
+    """More senders than unixloop keeps address tuples for: every echo
+    reaches its own sender, with the sender's address."""
+    st, sp = endpoint(aloop, local_addr=('127.0.0.1', 0), echo=True)
+    saddr = st.get_extra_info('sockname')
+    peers = []
+    try:
+        for i in range(80):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(('127.0.0.1', 0))
+            s.setblocking(False)
+            peers.append(s)
+        for rnd in range(3):
+            for i, s in enumerate(peers):
+                s.sendto(b'%d:%d' % (rnd, i), saddr)
+            run(aloop, sp.wait_datagrams(80 * (rnd + 1)))
+            run(aloop, asyncio.sleep(0.01))
+            for i, s in enumerate(peers):
+                assert s.recvfrom(100) == (b'%d:%d' % (rnd, i), saddr)
+        senders = {a for _, a in sp.datagrams}
+        assert senders == {s.getsockname() for s in peers}
+    finally:
+        for s in peers:
+            s.close()
+        close_all(aloop, st)
