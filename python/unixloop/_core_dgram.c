@@ -423,7 +423,12 @@ static PyObject *Dgram_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   /* The socket object owns the fd: the ul_dgram must not close it. */
   int err = ul_dgram_open(t->loop->ul, fd, &dgram_protocol, t, &t->dgram);
   if (err < 0) {
+    /* ul_dgram_open closed the fd: the socket object must not close it
+     * again (the number may be reused by then). */
     t->dgram = NULL;
+    PyObject *r = PyObject_CallMethod(sock, "detach", NULL);
+    Py_XDECREF(r);
+    PyErr_Clear();
     Py_DECREF(t);
     return ulpy_raise_errno(err);
   }
