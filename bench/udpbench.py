@@ -22,17 +22,15 @@ import fnmatch
 import json
 import os
 import platform
-import resource
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import pybench  # noqa: E402  (new_loop, loop_version, check_loop, fmt, ratio)
+import pybench  # noqa: E402  (new_loop, run_client, check_loop, fmt, ...)
 
 FLOWS = 16
 RCVBUF = 1 << 20
@@ -49,7 +47,8 @@ class EchoProtocol(asyncio.DatagramProtocol):
 
 def run_udp_echo(loop, size, warmup, duration, client):
     """Serves UDP echo on `loop`, runs the client against it and measures
-    this process's CPU time over the client's measured window."""
+    this process's CPU time over the client's measured window
+    (pybench.run_client)."""
     transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(
         EchoProtocol, local_addr=("127.0.0.1", 0)))
     sock = transport.get_extra_info("socket")
@@ -58,47 +57,15 @@ def run_udp_echo(loop, size, warmup, duration, client):
     host, port = transport.get_extra_info("sockname")[:2]
     cmd = [client, "-a", "%s:%d" % (host, port), "-c", str(FLOWS),
            "-s", str(size), "-d", str(duration), "-w", str(warmup)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    done = loop.create_future()
-    marks = {}
 
-    def watch():
-        for line in proc.stdout:
-            msg = json.loads(line)
-            if msg.get("event") == "start":
-                marks["ru0"] = resource.getrusage(resource.RUSAGE_SELF)
-                marks["t0"] = time.perf_counter()
-            else:
-                marks["ru1"] = resource.getrusage(resource.RUSAGE_SELF)
-                marks["t1"] = time.perf_counter()
-                marks["result"] = msg
-                break
-        loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
-
-    th = threading.Thread(target=watch, daemon=True)
-    th.start()
-    try:
-        loop.run_until_complete(done)
-    finally:
+    def cleanup():
         transport.close()
         loop.run_until_complete(asyncio.sleep(0))
-        th.join(10)
-        rc = proc.wait(10)
-        err = proc.stderr.read().decode(errors="replace").strip()
-    if "result" not in marks or rc != 0:
-        raise RuntimeError("udp_client failed (rc=%s): %s" % (rc, err))
-    res = marks["result"]
-    cpu = pybench._cpu(marks["ru1"]) - pybench._cpu(marks["ru0"])
-    window = marks["t1"] - marks["t0"]
-    reqs = res["requests"]
-    return {
-        "value": res["rps"], "requests": reqs, "seconds": res["seconds"],
-        "losses": res["losses"], "late": res["late"],
-        "send_errors": res["send_errors"],
-        "server_cpu_s": cpu, "server_window_s": window,
-        "server_busy": cpu / window if window > 0 else None,
-        "cpu_us_per_req": cpu / reqs * 1e6 if reqs else None,
-    }
+
+    figures, res = pybench.run_client(loop, cmd, cleanup)
+    for key in ("losses", "late", "send_errors"):
+        figures[key] = res[key]
+    return figures
 
 
 def worker(args):
@@ -141,13 +108,7 @@ def print_table(rows, out=sys.stdout):
                       pybench.fmt(u), pybench.fmt(x), vs_uv, vs_as,
                       "%.0f%%" % (r["spread"] * 100)
                       if r["spread"] is not None else "-"])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for j, row in enumerate(table):
-        cells = [row[i].ljust(widths[i]) if i < 2 else row[i].rjust(widths[i])
-                 for i in range(len(row))]
-        out.write("| " + " | ".join(cells) + " |\n")
-        if j == 0:
-            out.write("|" + "|".join("-" * (w + 2) for w in widths) + "|\n")
+    pybench.write_table(table, out)
 
 
 def driver(args):
@@ -193,13 +154,7 @@ def driver(args):
                        "--loop", l, "--warmup", str(warm), "--duration",
                        str(dur), "--client", client]
                 try:
-                    p = subprocess.run(cmd, capture_output=True, text=True,
-                                       timeout=60 + 10 * (warm + dur))
-                    lines = p.stdout.strip().splitlines()
-                    if p.returncode != 0 or not lines:
-                        raise RuntimeError((p.stderr.strip().splitlines() or
-                                            ["rc=%d" % p.returncode])[-1])
-                    res = json.loads(lines[-1])
+                    res = pybench.run_worker(cmd, 60 + 10 * (warm + dur))
                 except (RuntimeError, subprocess.TimeoutExpired,
                         ValueError) as e:
                     failed += 1

@@ -98,6 +98,9 @@ void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
                               PyObject *exc);
 void ulpy_transport_report(LoopObj *loop, PyObject *transport,
                            PyObject *protocol, const char *message);
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low);
+int ulpy_count_lost_write(core_state *st, int *conn_lost);
 
 /* _core_dgram.c */
 int ulpy_dgram_exec(PyObject *mod, core_state *st);

@@ -29,8 +29,6 @@
 #include <structmember.h>
 #include <sys/un.h>
 
-#define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
-
 /* Recent senders' IP addresses and their Python tuples: a server answering
  * a few peers reuses the tuple of each instead of building one per
  * datagram, and a sendto() given back that very tuple skips converting it. */
@@ -484,20 +482,6 @@ static void Dgram_dealloc(DgramObj *t) {
   Py_DECREF(tp);
 }
 
-/* After close() / abort() / connection_lost: asyncio drops the datagram,
- * warning from the fifth one on. */
-static PyObject *send_after_close(DgramObj *t) {
-  if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-    PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
-    PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-    if (r == NULL)
-      return NULL;
-    Py_DECREF(r);
-  }
-  t->conn_lost++;
-  Py_RETURN_NONE;
-}
-
 /* The slow path, for an address the C code does not convert: send with
  * socket.sendto() itself when nothing is queued (its errors and messages
  * are asyncio's); otherwise (or when that would block) resolve the address
@@ -614,7 +598,8 @@ static PyObject *Dgram_sendto(DgramObj *t, PyObject *const *args,
   }
   if (t->dgram == NULL || t->conn_lost ||
       ul_dgram_is_closing(t->dgram)) {
-    result = send_after_close(t);
+    if (ulpy_count_lost_write(t->loop->st, &t->conn_lost) == 0)
+      result = Py_NewRef(Py_None);
     goto done;
   }
   int err;
@@ -688,19 +673,8 @@ static PyObject *Dgram_get_write_buffer_limits(DgramObj *t,
 
 static PyObject *Dgram_set_write_buffer_limits(DgramObj *t, PyObject *args,
                                                PyObject *kw) {
-  static char *kwlist[] = {"high", "low", NULL};
-  PyObject *high_o = Py_None, *low_o = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
-    return NULL;
-  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
-  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
-                  : NULL;
-  if (r == NULL)
-    return NULL;
   Py_ssize_t high, low;
-  int ok = PyArg_ParseTuple(r, "nn", &high, &low);
-  Py_DECREF(r);
-  if (!ok)
+  if (ulpy_parse_water_marks(t->loop->st, args, kw, &high, &low) < 0)
     return NULL;
   if (t->dgram != NULL)
     ul_dgram_set_write_buffer_limits(t->dgram, high, low);
@@ -741,34 +715,14 @@ static PyObject *Dgram_get_sock(DgramObj *t, void *c) {
   return Py_NewRef(t->dgram ? t->sock : Py_None);
 }
 
-static PyObject *Dgram_get_sock_fd(DgramObj *t, void *c) {
-  (void)c;
-  return PyLong_FromLong(t->fd);
-}
-
 static PyObject *Dgram_get_loop(DgramObj *t, void *c) {
   (void)c;
   return Py_NewRef(t->dgram ? (PyObject *)t->loop : Py_None);
 }
 
-static PyObject *Dgram_get_protocol_attr(DgramObj *t, void *c) {
-  (void)c;
-  return Py_NewRef(t->protocol ? t->protocol : Py_None);
-}
-
 static PyObject *Dgram_get_protocol_paused(DgramObj *t, void *c) {
   (void)c;
   return PyBool_FromLong(t->protocol_paused);
-}
-
-static PyObject *Dgram_get_address(DgramObj *t, void *c) {
-  (void)c;
-  return Py_NewRef(t->address);
-}
-
-static PyObject *Dgram_get_conn_lost(DgramObj *t, void *c) {
-  (void)c;
-  return PyLong_FromLong(t->conn_lost);
 }
 
 static PyObject *Dgram_get_closing(DgramObj *t, void *c) {
@@ -795,17 +749,17 @@ static PyMethodDef Dgram_methods[] = {
 
 static PyGetSetDef Dgram_getset[] = {
     {"_sock", (getter)Dgram_get_sock, NULL, NULL, NULL},
-    {"_sock_fd", (getter)Dgram_get_sock_fd, NULL, NULL, NULL},
     {"_loop", (getter)Dgram_get_loop, NULL, NULL, NULL},
-    {"_protocol", (getter)Dgram_get_protocol_attr, NULL, NULL, NULL},
     {"_protocol_paused", (getter)Dgram_get_protocol_paused, NULL, NULL,
      NULL},
-    {"_address", (getter)Dgram_get_address, NULL, NULL, NULL},
-    {"_conn_lost", (getter)Dgram_get_conn_lost, NULL, NULL, NULL},
     {"_closing", (getter)Dgram_get_closing, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyMemberDef Dgram_members[] = {
+    {"_sock_fd", T_INT, offsetof(DgramObj, fd), READONLY, NULL},
+    {"_protocol", T_OBJECT, offsetof(DgramObj, protocol), READONLY, NULL},
+    {"_address", T_OBJECT, offsetof(DgramObj, address), READONLY, NULL},
+    {"_conn_lost", T_INT, offsetof(DgramObj, conn_lost), READONLY, NULL},
     {"__dictoffset__", T_PYSSIZET, offsetof(DgramObj, dict), READONLY, NULL},
     {"__weaklistoffset__", T_PYSSIZET, offsetof(DgramObj, weakreflist),
      READONLY, NULL},

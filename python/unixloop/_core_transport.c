@@ -96,6 +96,38 @@ void ulpy_transport_report(LoopObj *loop, PyObject *transport,
   Py_XDECREF(exc);
 }
 
+/* set_write_buffer_limits(high=None, low=None): asyncio's defaults and
+ * checks (_helpers.water_marks).  0, or -1 with an exception set. */
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low) {
+  static char *kwlist[] = {"high", "low", NULL};
+  PyObject *high_o = Py_None, *low_o = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
+    return -1;
+  PyObject *f = ulpy_helper(st, "water_marks");
+  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
+                  : NULL;
+  if (r == NULL)
+    return -1;
+  int ok = PyArg_ParseTuple(r, "nn", high, low);
+  Py_DECREF(r);
+  return ok ? 0 : -1;
+}
+
+/* A write after the connection was lost (or is being lost): asyncio drops
+ * it, warning from the fifth on.  0, or -1 with an exception set. */
+int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+  if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+    PyObject *f = ulpy_helper(st, "warn_send_after_close");
+    PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
+    if (r == NULL)
+      return -1;
+    Py_DECREF(r);
+  }
+  (*conn_lost)++;
+  return 0;
+}
+
 static void stash_fatal(TransportObj *t) {
   ulpy_stash_fatal(t->loop);
 }
@@ -493,14 +525,8 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
   }
   if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_count_lost_write(t->loop->st, &t->conn_lost) < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
@@ -589,19 +615,8 @@ static PyObject *Transport_get_write_buffer_limits(
 static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
                                                    PyObject *args,
                                                    PyObject *kw) {
-  static char *kwlist[] = {"high", "low", NULL};
-  PyObject *high_o = Py_None, *low_o = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
-    return NULL;
-  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
-  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
-                  : NULL;
-  if (r == NULL)
-    return NULL;
   Py_ssize_t high, low;
-  int ok = PyArg_ParseTuple(r, "nn", &high, &low);
-  Py_DECREF(r);
-  if (!ok)
+  if (ulpy_parse_water_marks(t->loop->st, args, kw, &high, &low) < 0)
     return NULL;
   if (t->stream != NULL)
     ul_stream_set_write_buffer_limits(t->stream, high, low);
