@@ -560,6 +560,139 @@ UL_EXTERN int ul_server_fileno(const ul_server *server);
  * Errors: -EINVAL. */
 UL_EXTERN int ul_server_close(ul_server *server);
 
+/* ------------------------------------------------------------------------ */
+/* Datagram transports: UDP (IPv4, IPv6) and UNIX-domain datagram sockets  */
+/* ------------------------------------------------------------------------ */
+
+/* A datagram transport: asyncio's datagram transport for a SOCK_DGRAM
+ * socket, connected (it has a peer: datagrams go to it, and only its
+ * datagrams are received) or not (each send names its destination).
+ * Opaque; owned by the loop from ul_dgram_open() until connection_lost has
+ * returned, when it is freed: the pointer must not be used after that. */
+typedef struct ul_dgram ul_dgram;
+
+/* The protocol: asyncio's DatagramProtocol as a table of callbacks, all
+ * called on the loop, never from inside a ul_dgram_* call -- except
+ * pause_writing, which runs inside the ul_dgram_sendto /
+ * ul_dgram_set_write_buffer_limits call that crosses the high-water mark,
+ * as in asyncio.  `ctx` is the pointer given to ul_dgram_open().  Any
+ * callback may close or abort the transport. */
+typedef struct ul_dgram_protocol {
+  /* First callback, in the iteration after ul_dgram_open().  May be NULL. */
+  void (*connection_made)(ul_dgram *dgram, void *ctx);
+  /* One datagram (possibly empty): `data` and `addr` (the sender, `addrlen`
+   * bytes; 0 for an unnamed UNIX-domain sender on some systems) are valid
+   * only during the call.  Required.  Datagrams arrive in batches (one
+   * recvmmsg per wake-up); closing the transport here drops the rest of the
+   * batch. */
+  void (*datagram_received)(ul_dgram *dgram, const char *data, size_t len,
+                            const struct sockaddr *addr, socklen_t addrlen,
+                            void *ctx);
+  /* A receive or send error that does not end the transport: on a connected
+   * socket, an ICMP error from an earlier datagram (-ECONNREFUSED when
+   * nothing listens at the peer), or a queued datagram the kernel refused
+   * (-EMSGSIZE, ...; that datagram is dropped).  May be NULL. */
+  void (*error_received)(ul_dgram *dgram, int err, void *ctx);
+  /* Last callback: `err` is 0 after close / abort, -ECANCELED when the
+   * loop was closed first, or the error that ended the transport.  The fd
+   * is closed and the transport freed when it returns. */
+  void (*connection_lost)(ul_dgram *dgram, int err, void *ctx);
+  /* Flow control: the bytes queued rose above the high-water mark / fell
+   * to the low-water mark.  May be NULL. */
+  void (*pause_writing)(ul_dgram *dgram, void *ctx);
+  void (*resume_writing)(ul_dgram *dgram, void *ctx);
+} ul_dgram_protocol;
+
+/* Default write buffer limits, as asyncio's: high 64 KiB, low high / 4. */
+#define UL_DGRAM_HIGH_WATER (64 * 1024)
+
+/* Wraps a SOCK_DGRAM socket (bound, connected, or neither).  The transport
+ * takes the fd (sets it non-blocking; closes it when the connection is
+ * lost, also on error here).  A socket connected at this call is used as
+ * connected: sends go to its peer.  connection_made runs in the next
+ * iteration, then receiving starts.  `protocol` must stay valid until
+ * connection_lost has returned.
+ * Errors: -EINVAL (NULL argument, no datagram_received, not a SOCK_DGRAM
+ * socket), -EBADF, -ENOTSOCK, -ENOMEM. */
+UL_EXTERN int ul_dgram_open(ul_loop *loop, int fd,
+                            const ul_dgram_protocol *protocol, void *ctx,
+                            ul_dgram **dgram_out);
+
+/* Sends one datagram of `len` bytes (0 is a valid, empty datagram) at
+ * once; only when the kernel would block (EAGAIN, ENOBUFS) is it copied to
+ * the transport's queue and sent when the fd is writable, in order.
+ * `addr` is the destination: required when not connected; when connected
+ * it must be NULL or the peer's address.  The caller keeps `data` and
+ * `addr`.
+ * Errors: -EINVAL (NULL with a length, addr and addrlen disagree),
+ * -EPIPE (closing), -EDESTADDRREQ (not connected and no addr), -EISCONN
+ * (connected and addr is another address), -ENOMEM; and the send's own
+ * error, the datagram then dropped and the transport still open (asyncio
+ * passes these to error_received): -ECONNREFUSED (an earlier ICMP error on
+ * a connected socket), -EMSGSIZE, -ENETUNREACH, -EACCES (broadcast without
+ * UL_DGRAM_BROADCAST), ... */
+UL_EXTERN int ul_dgram_sendto(ul_dgram *dgram, const void *data, size_t len,
+                              const struct sockaddr *addr, socklen_t addrlen);
+
+/* Stops receiving, sends what is queued, then closes: connection_lost(0)
+ * runs once the queue is empty (in the next iteration if it is already).
+ * Calling it again does nothing.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_close(ul_dgram *dgram);
+
+/* Closes at once, dropping the queue; connection_lost(0) runs in the next
+ * iteration.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_abort(ul_dgram *dgram);
+
+UL_EXTERN int ul_dgram_is_closing(const ul_dgram *dgram);
+
+/* Payload bytes waiting in the queue. */
+UL_EXTERN size_t ul_dgram_get_write_buffer_size(const ul_dgram *dgram);
+
+/* Sets the water marks (asyncio's set_write_buffer_limits): -1 for high
+ * means UL_DGRAM_HIGH_WATER (or 4 x low when low is given), -1 for low
+ * means high / 4.  May call pause_writing at once.
+ * Errors: -EINVAL (low > high). */
+UL_EXTERN int ul_dgram_set_write_buffer_limits(ul_dgram *dgram, ssize_t high,
+                                               ssize_t low);
+UL_EXTERN void ul_dgram_get_write_buffer_limits(const ul_dgram *dgram,
+                                                size_t *low, size_t *high);
+
+/* Copies the connected peer's address.  Errors: -EINVAL, -ENOTCONN. */
+UL_EXTERN int ul_dgram_get_peer(const ul_dgram *dgram,
+                                struct sockaddr_storage *addr,
+                                socklen_t *addrlen);
+
+/* From now on the transport does not close its fd when the connection is
+ * lost: the caller keeps owning it.  Returns the fd.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_release_fd(ul_dgram *dgram);
+
+/* The fd, the loop and the protocol's ctx. */
+UL_EXTERN int ul_dgram_fileno(const ul_dgram *dgram);
+UL_EXTERN ul_loop *ul_dgram_get_loop(const ul_dgram *dgram);
+UL_EXTERN void *ul_dgram_get_context(const ul_dgram *dgram);
+
+/* Flags of ul_dgram_socket(). */
+enum ul_dgram_flags {
+  UL_DGRAM_REUSEPORT = 1,  /* SO_REUSEPORT (not for AF_UNIX) */
+  UL_DGRAM_BROADCAST = 2,  /* SO_BROADCAST: may send to broadcast addresses */
+  UL_DGRAM_IPV6ONLY = 4    /* IPV6_V6ONLY on an AF_INET6 socket */
+};
+
+/* Creates a non-blocking, close-on-exec SOCK_DGRAM socket of `family`
+ * (AF_INET, AF_INET6, AF_UNIX; AF_UNSPEC takes the family of the
+ * addresses), sets `flags`, binds it to `local` and connects it to
+ * `remote` when they are not NULL (a UNIX-domain `local` path must not
+ * exist yet; it is not removed later).  Returns the fd, which the caller
+ * owns (typically passing it to ul_dgram_open), or a negative errno.
+ * Errors: -EINVAL (unknown family or flag, an address of another family
+ * or of a bad length, REUSEPORT on AF_UNIX), -EADDRINUSE, -EACCES,
+ * -EADDRNOTAVAIL, -ENOENT (no UNIX-domain socket at `remote`),
+ * -ECONNREFUSED, -EMFILE, ... */
+UL_EXTERN int ul_dgram_socket(int family, const struct sockaddr *local,
+                              socklen_t local_len,
+                              const struct sockaddr *remote,
+                              socklen_t remote_len, unsigned flags);
+
 #ifdef __cplusplus
 }
 #endif

@@ -122,6 +122,10 @@ void ul__signals_close(ul_loop *loop);
 
 void ul__streams_close_all(ul_loop *loop);
 
+/* ---- datagram transports (dgram.c) ------------------------------------- */
+
+void ul__dgrams_close_all(ul_loop *loop);
+
 /* ---- connects and servers (net.c) ---------------------------------------- */
 
 struct ul__connect;
@@ -186,6 +190,8 @@ struct ul_loop {
   char *read_buf;        /* shared by the streams' reads (stream.c) */
   ul_server *servers;    /* open servers (net.c) */
   struct ul__connect *connects;  /* connects not yet reported (net.c) */
+  ul_dgram *dgrams;      /* open datagram transports (dgram.c) */
+  char *dgram_buf;       /* their shared receive area (dgram.c) */
 
   ul_error_cb error_cb;
   void *error_arg;

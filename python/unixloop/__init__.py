@@ -52,6 +52,23 @@ class _SelectorView:
         pass
 
 
+def _transport_extra(sock, extra):
+    """What asyncio's _SelectorTransport.__init__ does besides I/O: the
+    extra info of a socket transport."""
+    extra = dict(extra) if extra else {}
+    extra['socket'] = trsock.TransportSocket(sock)
+    try:
+        extra['sockname'] = sock.getsockname()
+    except OSError:
+        extra['sockname'] = None
+    if 'peername' not in extra:
+        try:
+            extra['peername'] = sock.getpeername()
+        except socket.error:
+            extra['peername'] = None
+    return extra
+
+
 class Loop(_core.Loop, unix_events.SelectorEventLoop):
     """An asyncio event loop whose core is libunixloop."""
 
@@ -171,18 +188,7 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if type(sock) is not socket.socket:
             return super()._make_socket_transport(
                 sock, protocol, waiter, extra=extra, server=server)
-        # What asyncio's _SelectorTransport.__init__ does besides I/O.
-        extra = dict(extra) if extra else {}
-        extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            extra['sockname'] = sock.getsockname()
-        except OSError:
-            extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except socket.error:
-                extra['peername'] = None
+        extra = _transport_extra(sock, extra)
         base_events._set_nodelay(sock)
         transport = _core.SocketTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
@@ -191,6 +197,20 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
                 server._attach(transport)  # Server.close_clients() (3.13)
             else:
                 server._attach()
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        """asyncio's datagram transport, on a libunixloop ul_dgram."""
+        if type(sock) is not socket.socket:
+            return super()._make_datagram_transport(
+                sock, protocol, address, waiter, extra)
+        extra = _transport_extra(sock, extra)
+        transport = _core.DatagramTransport(self, sock, protocol, address,
+                                            extra)
+        self._transports[sock.fileno()] = transport
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport

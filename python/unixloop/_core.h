@@ -29,6 +29,7 @@ typedef struct {
   PyObject *kw_task;          /* ("loop", "name", "context") */
   PyTypeObject *SockOpType;  /* _core_sock.c */
   PyTypeObject *TransportType; /* _core_transport.c */
+  PyTypeObject *DgramType;     /* _core_dgram.c */
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -94,6 +95,21 @@ int ulpy_transport_exec(PyObject *mod, core_state *st);
  * call of connection_lost (as asyncio's); their sockets stay open until
  * they are closed or collected ("unclosed transport" ResourceWarning). */
 void ulpy_transports_orphan(LoopObj *loop);
+/* Helpers of every transport type: a fatal exception kept aside for the
+ * loop; call_exception_handler with a transport's context; the current
+ * exception reported that way. */
+void ulpy_stash_fatal(LoopObj *loop);
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc);
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message);
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low);
+int ulpy_count_lost_write(core_state *st, int *conn_lost);
+
+/* _core_dgram.c */
+int ulpy_dgram_exec(PyObject *mod, core_state *st);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

@@ -54,11 +54,11 @@ typedef struct {
 
 /* ---- calling the protocol --------------------------------------------------- */
 
-/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
- * callback: keep it aside and stop the loop after this iteration; the other
- * callbacks of the iteration still run (their data was already read). */
-static void stash_fatal(TransportObj *t) {
-  LoopObj *loop = t->loop;
+/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a
+ * transport callback: keep it aside and stop the loop after this iteration;
+ * the other callbacks of the iteration still run (their data was already
+ * read).  Shared with the datagram transport (_core_dgram.c). */
+void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
                 &loop->pending_exc_tb);
@@ -69,22 +69,24 @@ static void stash_fatal(TransportObj *t) {
     ul_loop_break(loop->ul, -EINTR);
 }
 
-static void call_exception_handler(TransportObj *t, const char *message,
-                                   PyObject *exc) {
+/* loop.call_exception_handler({message, exception, transport, protocol}). */
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc) {
   PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
                                 "exception", exc ? exc : Py_None,
-                                "transport", (PyObject *)t, "protocol",
-                                t->protocol ? t->protocol : Py_None);
-  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)t->loop,
+                                "transport", transport, "protocol",
+                                protocol ? protocol : Py_None);
+  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)loop,
                                           "call_exception_handler", "(O)",
                                           ctx)
                     : NULL;
   Py_XDECREF(ctx);
   if (r == NULL) {
     if (ulpy_is_fatal_exception())
-      stash_fatal(t);
+      ulpy_stash_fatal(loop);
     else
-      PyErr_WriteUnraisable((PyObject *)t);
+      PyErr_WriteUnraisable(transport);
   }
   Py_XDECREF(r);
 }
@@ -92,13 +94,14 @@ static void call_exception_handler(TransportObj *t, const char *message,
 /* Reports the current exception through the loop's exception handler, as
  * asyncio does for an exception escaping a callback; a fatal one
  * (SystemExit, KeyboardInterrupt) is kept aside for the loop instead. */
-static void report_exception(TransportObj *t, const char *message) {
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message) {
   if (ulpy_is_fatal_exception()) {
-    stash_fatal(t);
+    ulpy_stash_fatal(loop);
     return;
   }
   PyObject *exc = ulpy_take_exception();
-  call_exception_handler(t, message, exc);
+  ulpy_transport_exception(loop, transport, protocol, message, exc);
   Py_XDECREF(exc);
 }
 
@@ -118,6 +121,49 @@ static void debug_log(TransportObj *t, const char *fmt, const char *message,
     PyErr_WriteUnraisable((PyObject *)t);
   Py_XDECREF(r);
   PyErr_Restore(type, v, tb);
+/* set_write_buffer_limits(high=None, low=None): asyncio's defaults and
+ * checks (_helpers.water_marks).  0, or -1 with an exception set. */
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low) {
+  static char *kwlist[] = {"high", "low", NULL};
+  PyObject *high_o = Py_None, *low_o = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
+    return -1;
+  PyObject *f = ulpy_helper(st, "water_marks");
+  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
+                  : NULL;
+  if (r == NULL)
+    return -1;
+  int ok = PyArg_ParseTuple(r, "nn", high, low);
+  Py_DECREF(r);
+  return ok ? 0 : -1;
+}
+
+/* A write after the connection was lost (or is being lost): asyncio drops
+ * it, warning from the fifth on.  0, or -1 with an exception set. */
+int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+  if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+    PyObject *f = ulpy_helper(st, "warn_send_after_close");
+    PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
+    if (r == NULL)
+      return -1;
+    Py_DECREF(r);
+  }
+  (*conn_lost)++;
+  return 0;
+}
+
+static void stash_fatal(TransportObj *t) {
+  ulpy_stash_fatal(t->loop);
+}
+
+static void call_exception_handler(TransportObj *t, const char *message,
+                                   PyObject *exc) {
+  ulpy_transport_exception(t->loop, (PyObject *)t, t->protocol, message, exc);
+}
+
+static void report_exception(TransportObj *t, const char *message) {
+  ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
@@ -600,14 +646,8 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
   }
   if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_count_lost_write(t->loop->st, &t->conn_lost) < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
@@ -717,19 +757,8 @@ static PyObject *Transport_get_write_buffer_limits(
 static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
                                                    PyObject *args,
                                                    PyObject *kw) {
-  static char *kwlist[] = {"high", "low", NULL};
-  PyObject *high_o = Py_None, *low_o = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
-    return NULL;
-  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
-  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
-                  : NULL;
-  if (r == NULL)
-    return NULL;
   Py_ssize_t high, low;
-  int ok = PyArg_ParseTuple(r, "nn", &high, &low);
-  Py_DECREF(r);
-  if (!ok)
+  if (ulpy_parse_water_marks(t->loop->st, args, kw, &high, &low) < 0)
     return NULL;
   if (t->stream != NULL)
     ul_stream_set_write_buffer_limits(t->stream, high, low);

@@ -4,6 +4,7 @@ The C core calls these only when something unusual happens (a callback
 raised, debug mode, repr), so they may be as slow as asyncio's own code;
 they produce exactly what asyncio produces.
 """
+import socket
 import sys
 from asyncio import base_events, format_helpers, selector_events
 
@@ -87,3 +88,14 @@ def warn_slow_transport_callback(transport, what, seconds):
         source = f'{type(transport).__name__}.{what}()'
     base_events.logger.warning('Executing %s took %.3f seconds',
                                f'<Handle {source}>', seconds)
+def numeric_address(sock, family, addr):
+    """The numeric form of an address socket.sendto() would resolve (a host
+    name), for a datagram the C transport must queue."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise TypeError(f'unsupported address {addr!r}')
+    host, port, *rest = addr
+    host = {'': None, '<broadcast>': '255.255.255.255'}.get(host, host)
+    if host is None:
+        host = '0.0.0.0' if family == socket.AF_INET else '::'
+    info = socket.getaddrinfo(host, port, family, sock.type)[0][4]
+    return info[:2] + tuple(rest) if rest else info[:2]
