@@ -51,6 +51,9 @@ struct ul_stream {
   unsigned fd_released : 1;     /* ul_stream_release_fd(): not ours to close */
   unsigned write_only : 1;      /* e.g. a pipe's write end */
   unsigned read_only : 1;
+  unsigned pipe : 1;            /* a pipe transport (pipe.c, UL__STREAM_PIPE_*) */
+  unsigned no_hangup_watch : 1; /* write pipe on a character device: no
+                                   reader watch for the peer going away */
   int lost_err;
 };
 
@@ -158,7 +161,9 @@ static void on_eof(ul_stream *s) {
   }
   int keep_open = s->proto->eof_received != NULL &&
                   s->proto->eof_received(s, s->ctx);
-  if (!keep_open && !s->closing)
+  /* A read pipe closes at EOF whatever eof_received says (asyncio's
+   * _UnixReadPipeTransport). */
+  if ((!keep_open || s->pipe) && !s->closing)
     ul_stream_close(s);
 }
 
@@ -167,8 +172,9 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
   (void)loop;
   (void)events;
   if (s->write_only) {
-    /* A write end becomes "readable" only when its reader went away. */
-    fatal(s, -EPIPE);
+    /* A write end becomes "readable" only when its reader went away.  A
+     * write pipe, as asyncio's, reports EPIPE only if bytes were lost. */
+    fatal(s, s->pipe && pending(s) == 0 ? 0 : -EPIPE);
     return;
   }
   char *buf;
@@ -211,7 +217,8 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
 }
 
 static void reader_start(ul_stream *s) {
-  if (s->reader_on || s->paused || s->closing || !s->made)
+  if (s->reader_on || s->paused || s->closing || !s->made ||
+      s->no_hangup_watch)
     return;
   if (ul_loop_add_reader(s->loop, s->fd, read_ready, s) == 0)
     s->reader_on = 1;
@@ -384,13 +391,15 @@ int ul_stream_write(ul_stream *s, const void *data, size_t len) {
 }
 
 int ul_stream_can_write_eof(const ul_stream *s) {
-  return s != NULL && s->is_socket;
+  return s != NULL && (s->is_socket || (s->pipe && s->write_only));
 }
 
 int ul_stream_write_eof(ul_stream *s) {
   if (s == NULL)
     return -EINVAL;
-  if (!s->is_socket)
+  if (s->pipe && s->write_only)
+    return ul_stream_close(s); /* the reader's EOF is our close */
+  if (!s->is_socket || s->pipe)
     return -ENOTSUP;
   if (s->closing || s->eof_wanted)
     return 0;
@@ -403,25 +412,33 @@ int ul_stream_write_eof(ul_stream *s) {
 
 int ul_stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
                    void *ctx, ul_stream **stream_out) {
+  return ul__stream_open(loop, fd, proto, ctx, 0, stream_out);
+}
+
+int ul__stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
+                    void *ctx, unsigned kind, ul_stream **stream_out) {
+  int is_pipe = (kind & (UL__STREAM_PIPE_READ | UL__STREAM_PIPE_WRITE)) != 0;
+  /* A write pipe delivers no data: it needs no data callback. */
+  int needs_data = !(kind & UL__STREAM_PIPE_WRITE);
+  int err, flags;
+  ul_stream *s = NULL;
   if (loop == NULL || proto == NULL || stream_out == NULL ||
-      (proto->data_received == NULL &&
+      (needs_data && proto->data_received == NULL &&
        (proto->get_buffer == NULL || proto->buffer_updated == NULL))) {
-    if (fd >= 0)
-      close(fd);
-    return -EINVAL;
+    err = -EINVAL;
+    goto fail;
   }
-  int flags = fcntl(fd, F_GETFL);
-  if (fd < 0 || flags == -1)
+  flags = fd < 0 ? -1 : fcntl(fd, F_GETFL);
+  if (flags == -1)
     return -EBADF;
   if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == -1) {
-    int err = -errno;
-    close(fd);
-    return err;
+    err = -errno;
+    goto fail;
   }
-  ul_stream *s = calloc(1, sizeof *s);
+  s = calloc(1, sizeof *s);
   if (s == NULL) {
-    close(fd);
-    return -ENOMEM;
+    err = -ENOMEM;
+    goto fail;
   }
   int type;
   socklen_t tlen = sizeof type;
@@ -434,18 +451,29 @@ int ul_stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
   s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0;
   s->write_only = (flags & O_ACCMODE) == O_WRONLY;
   s->read_only = (flags & O_ACCMODE) == O_RDONLY && !s->is_socket;
-  int err = ul_loop_call_soon(loop, made_cb, s);
-  if (err) {
-    close(fd);
-    free(s);
-    return err;
+  if (is_pipe) {
+    s->pipe = 1;
+    s->read_only = (kind & UL__STREAM_PIPE_READ) != 0;
+    s->write_only = (kind & UL__STREAM_PIPE_WRITE) != 0;
+    s->no_hangup_watch = (kind & UL__STREAM_NO_HANGUP_WATCH) != 0;
   }
+  err = ul_loop_call_soon(loop, made_cb, s);
+  if (err)
+    goto fail;
   s->next = loop->streams;
   if (s->next != NULL)
     s->next->prev = s;
   loop->streams = s;
   *stream_out = s;
   return 0;
+
+fail:
+  /* ul_stream_open takes the fd even on error; a pipe leaves it to the
+   * caller (asyncio's pipe transports raise and keep the pipe open). */
+  if (!is_pipe && fd >= 0)
+    close(fd);
+  free(s);
+  return err;
 }
 
 int ul_stream_close(ul_stream *s) {
@@ -478,6 +506,8 @@ int ul_stream_pause_reading(ul_stream *s) {
     return -EINVAL;
   if (s->closing)
     return -ESHUTDOWN;
+  if (s->pipe && s->write_only)
+    return -ENOTSUP;
   if (s->paused)
     return 0;
   s->paused = 1;
@@ -493,6 +523,8 @@ int ul_stream_resume_reading(ul_stream *s) {
     return -EINVAL;
   if (s->closing)
     return -ESHUTDOWN;
+  if (s->pipe && s->write_only)
+    return -ENOTSUP;
   if (!s->paused)
     return 0;
   s->paused = 0;
@@ -501,7 +533,8 @@ int ul_stream_resume_reading(ul_stream *s) {
 }
 
 int ul_stream_is_reading(const ul_stream *s) {
-  return s != NULL && !s->paused && !s->closing;
+  return s != NULL && !s->paused && !s->closing &&
+         !(s->pipe && s->write_only);
 }
 
 int ul_stream_is_closing(const ul_stream *s) {
@@ -542,7 +575,7 @@ void ul_stream_get_write_buffer_limits(const ul_stream *s, size_t *low,
 int ul_stream_set_protocol(ul_stream *s, const ul_stream_protocol *proto,
                            void *ctx) {
   if (s == NULL || proto == NULL ||
-      (proto->data_received == NULL &&
+      (!(s->pipe && s->write_only) && proto->data_received == NULL &&
        (proto->get_buffer == NULL || proto->buffer_updated == NULL)))
     return -EINVAL;
   s->proto = proto;
