@@ -1410,7 +1410,8 @@ static int core_exec(PyObject *mod) {
       !st->str_check_callback || !st->str_Task || !st->str_Future ||
       !st->kw_loop || !st->kw_task)
     return -1;
-  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0)
+  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0 ||
+      ulpy_pipe_exec(mod, st) < 0)
     return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
@@ -1429,6 +1430,8 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->LoopType);
   Py_VISIT(st->SockOpType);
   Py_VISIT(st->TransportType);
+  Py_VISIT(st->ReadPipeType);
+  Py_VISIT(st->WritePipeType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1442,6 +1445,8 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->LoopType);
   Py_CLEAR(st->SockOpType);
   Py_CLEAR(st->TransportType);
+  Py_CLEAR(st->ReadPipeType);
+  Py_CLEAR(st->WritePipeType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);

@@ -29,6 +29,8 @@ typedef struct {
   PyObject *kw_task;          /* ("loop", "name", "context") */
   PyTypeObject *SockOpType;  /* _core_sock.c */
   PyTypeObject *TransportType; /* _core_transport.c */
+  PyTypeObject *ReadPipeType;  /* _core_pipe.c */
+  PyTypeObject *WritePipeType;
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -88,6 +90,26 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
+/* A fatal exception (SystemExit, KeyboardInterrupt) raised in a transport
+ * callback: kept aside, the loop stops after this iteration. */
+void ulpy_stash_fatal(LoopObj *loop);
+/* loop.call_exception_handler({message, exception, transport, protocol}). */
+void ulpy_transport_call_handler(LoopObj *loop, PyObject *transport,
+                                 PyObject *protocol, const char *message,
+                                 PyObject *exc);
+/* Reports the current exception so (a fatal one is stashed instead). */
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message);
+PyObject *ulpy_exception_from_errno(int err);
+/* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once
+ * the connection is lost). */
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream);
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw);
+
+/* _core_pipe.c: ReadPipeTransport, WritePipeTransport */
+int ulpy_pipe_exec(PyObject *mod, core_state *st);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

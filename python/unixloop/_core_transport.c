@@ -48,8 +48,7 @@ typedef struct {
 /* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
  * callback: keep it aside and stop the loop after this iteration; the other
  * callbacks of the iteration still run (their data was already read). */
-static void stash_fatal(TransportObj *t) {
-  LoopObj *loop = t->loop;
+void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
                 &loop->pending_exc_tb);
@@ -60,37 +59,53 @@ static void stash_fatal(TransportObj *t) {
     ul_loop_break(loop->ul, -EINTR);
 }
 
-static void call_exception_handler(TransportObj *t, const char *message,
-                                   PyObject *exc) {
+void ulpy_transport_call_handler(LoopObj *loop, PyObject *transport,
+                                 PyObject *protocol, const char *message,
+                                 PyObject *exc) {
   PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
                                 "exception", exc ? exc : Py_None,
-                                "transport", (PyObject *)t, "protocol",
-                                t->protocol ? t->protocol : Py_None);
-  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)t->loop,
+                                "transport", transport, "protocol",
+                                protocol ? protocol : Py_None);
+  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)loop,
                                           "call_exception_handler", "(O)",
                                           ctx)
                     : NULL;
   Py_XDECREF(ctx);
   if (r == NULL) {
     if (ulpy_is_fatal_exception())
-      stash_fatal(t);
+      ulpy_stash_fatal(loop);
     else
-      PyErr_WriteUnraisable((PyObject *)t);
+      PyErr_WriteUnraisable(transport);
   }
   Py_XDECREF(r);
+}
+
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message) {
+  if (ulpy_is_fatal_exception()) {
+    ulpy_stash_fatal(loop);
+    return;
+  }
+  PyObject *exc = ulpy_take_exception();
+  ulpy_transport_call_handler(loop, transport, protocol, message, exc);
+  Py_XDECREF(exc);
+}
+
+static void stash_fatal(TransportObj *t) {
+  ulpy_stash_fatal(t->loop);
+}
+
+static void call_exception_handler(TransportObj *t, const char *message,
+                                   PyObject *exc) {
+  ulpy_transport_call_handler(t->loop, (PyObject *)t, t->protocol, message,
+                              exc);
 }
 
 /* Reports the current exception through the loop's exception handler, as
  * asyncio does for an exception escaping a callback; a fatal one
  * (SystemExit, KeyboardInterrupt) is kept aside for the loop instead. */
 static void report_exception(TransportObj *t, const char *message) {
-  if (ulpy_is_fatal_exception()) {
-    stash_fatal(t);
-    return;
-  }
-  PyObject *exc = ulpy_take_exception();
-  call_exception_handler(t, message, exc);
-  Py_XDECREF(exc);
+  ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
@@ -263,7 +278,7 @@ static void fail_empty_waiter(TransportObj *t) {
     PyErr_WriteUnraisable((PyObject *)t);
 }
 
-static PyObject *exception_from_errno(int err) {
+PyObject *ulpy_exception_from_errno(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
 }
 
@@ -277,7 +292,7 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
   if (exc == NULL && err != 0 && err != -ECANCELED)
-    exc = exception_from_errno(err);
+    exc = ulpy_exception_from_errno(err);
   PyErr_Clear();
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);
@@ -562,22 +577,21 @@ static PyObject *Transport_get_write_buffer_size(
                                      : 0);
 }
 
-static PyObject *Transport_get_write_buffer_limits(
-    TransportObj *t, PyObject *Py_UNUSED(ignored)) {
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream) {
   size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
-  if (t->stream != NULL)
-    ul_stream_get_write_buffer_limits(t->stream, &low, &high);
+  if (stream != NULL)
+    ul_stream_get_write_buffer_limits(stream, &low, &high);
   return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
 }
 
-static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
-                                                   PyObject *args,
-                                                   PyObject *kw) {
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw) {
   static char *kwlist[] = {"high", "low", NULL};
   PyObject *high_o = Py_None, *low_o = Py_None;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
     return NULL;
-  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
+  PyObject *f = ulpy_helper(loop->st, "water_marks");
   PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
                   : NULL;
   if (r == NULL)
@@ -587,11 +601,22 @@ static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
   Py_DECREF(r);
   if (!ok)
     return NULL;
-  if (t->stream != NULL)
-    ul_stream_set_write_buffer_limits(t->stream, high, low);
+  if (stream != NULL)
+    ul_stream_set_write_buffer_limits(stream, high, low);
   if (PyErr_Occurred())
     return NULL;
   Py_RETURN_NONE;
+}
+
+static PyObject *Transport_get_write_buffer_limits(
+    TransportObj *t, PyObject *Py_UNUSED(ignored)) {
+  return ulpy_stream_get_write_buffer_limits(t->stream);
+}
+
+static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
+                                                   PyObject *args,
+                                                   PyObject *kw) {
+  return ulpy_stream_set_write_buffer_limits(t->loop, t->stream, args, kw);
 }
 
 static PyObject *Transport_make_empty_waiter(TransportObj *t,
