@@ -178,7 +178,12 @@ static PyObject *Pipe_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwlist, &loop, &pipe,
                                    &protocol, &extra))
     return NULL;
-  int fd = PyObject_AsFileDescriptor(pipe);
+  /* asyncio calls pipe.fileno(): a bare int is an AttributeError. */
+  PyObject *fileno = PyObject_CallMethod(pipe, "fileno", NULL);
+  if (fileno == NULL)
+    return NULL;
+  int fd = PyObject_AsFileDescriptor(fileno);
+  Py_DECREF(fileno);
   if (fd < 0)
     return NULL;
   PipeObj *t = (PipeObj *)tp->tp_alloc(tp, 0);
