@@ -422,6 +422,25 @@ UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
 UL_EXTERN int ul_stream_writev(ul_stream *stream, const struct iovec *iov,
                                int iovcnt);
 
+/* Gives back a buffer queued by ul_stream_write_ref(). */
+typedef void (*ul_release_cb)(void *arg);
+
+/* As ul_stream_write(), but what the kernel does not take at once is
+ * queued by reference, not copied: `data` must stay valid and unchanged
+ * until `release(arg)` is called.  For large immutable buffers (the Python
+ * binding passes bytes objects).  When bytes queued by ul_stream_write()
+ * are still waiting, the rest is copied instead (so that nothing overtakes
+ * them).
+ * Returns 1 when the stream kept the reference: release(arg) is then called
+ * exactly once, on the loop's thread, when the stream is done with the
+ * bytes (sent, dropped by abort or an error, or the loop closed) -- which
+ * may be before this returns.  Returns 0 when it did not (all written, or
+ * copied): release is never called.
+ * Errors: as ul_stream_write(), and -EINVAL for a NULL release. */
+UL_EXTERN int ul_stream_write_ref(ul_stream *stream, const void *data,
+                                  size_t len, ul_release_cb release,
+                                  void *arg);
+
 /* Closes the write side once the buffer is flushed (shutdown(SHUT_WR)).
  * Errors: -EINVAL, -ENOTSUP (the fd cannot half-close, e.g. a pipe). */
 UL_EXTERN int ul_stream_write_eof(ul_stream *stream);

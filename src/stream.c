@@ -22,6 +22,17 @@
 #include "internal.h"
 
 #define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
+#define WRITE_IOV 16                    /* buffers per writev from the queue */
+
+/* Bytes queued by reference (ul_stream_write_ref): sent from the caller's
+ * memory, then handed back with release(arg). */
+typedef struct wref {
+  struct wref *next;
+  const char *data;    /* unsent bytes are data[0, len) */
+  size_t len;
+  ul_release_cb release;
+  void *arg;
+} wref;
 
 struct ul_stream {
   ul_stream *next;     /* the loop's list of open streams */
@@ -31,6 +42,12 @@ struct ul_stream {
   const ul_stream_protocol *proto;
   void *ctx;
 
+  /* The write queue: the references first (in order), then wbuf.  A
+   * write is queued by reference only while wbuf is empty, so that nothing
+   * overtakes bytes queued before it. */
+  wref *refs;
+  wref **refs_tail;
+  size_t refs_len;     /* unsent bytes in refs */
   char *wbuf;          /* unsent bytes are wbuf[woff, wlen) */
   size_t woff;
   size_t wlen;
@@ -59,8 +76,38 @@ struct ul_stream {
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static size_t pending(const ul_stream *s) {
+static size_t wbuf_pending(const ul_stream *s) {
   return s->wlen - s->woff;
+}
+
+static size_t pending(const ul_stream *s) {
+  return s->refs_len + wbuf_pending(s);
+}
+
+/* Consumes n sent bytes from the front of the queue. */
+static void queue_consume(ul_stream *s, size_t n) {
+  while (n > 0 && s->refs != NULL) {
+    wref *r = s->refs;
+    size_t take = n < r->len ? n : r->len;
+    r->data += take;
+    r->len -= take;
+    s->refs_len -= take;
+    n -= take;
+    if (r->len > 0)
+      break;
+    s->refs = r->next;
+    if (s->refs == NULL)
+      s->refs_tail = &s->refs;
+    r->release(r->arg);
+    free(r);
+  }
+  s->woff += n;
+}
+
+/* Drops everything queued (abort, fatal error, free). */
+static void queue_drop(ul_stream *s) {
+  queue_consume(s, s->refs_len);
+  s->woff = s->wlen = 0;
 }
 
 static void reader_start(ul_stream *s);
@@ -74,6 +121,7 @@ static void stream_free(ul_stream *s) {
     s->next->prev = s->prev;
   if (!s->fd_released)
     close(s->fd);
+  queue_drop(s);
   free(s->wbuf);
   free(s);
 }
@@ -126,7 +174,7 @@ static void schedule_lost(ul_stream *s, int err) {
 
 /* An error that ends the connection (asyncio's _fatal_error). */
 static void fatal(ul_stream *s, int err) {
-  s->woff = s->wlen = 0;
+  queue_drop(s);
   schedule_lost(s, err);
 }
 
@@ -244,19 +292,19 @@ static int wbuf_append(ul_stream *s, const char *data, size_t len) {
     s->woff = s->wlen = 0;
   if (s->wlen + len > s->wcap) {
     /* Slide the unsent bytes down first when that is enough room. */
-    if (s->woff > 0 && pending(s) + len <= s->wcap) {
-      memmove(s->wbuf, s->wbuf + s->woff, pending(s));
+    if (s->woff > 0 && wbuf_pending(s) + len <= s->wcap) {
+      memmove(s->wbuf, s->wbuf + s->woff, wbuf_pending(s));
       s->wlen -= s->woff;
       s->woff = 0;
     } else {
       size_t cap = s->wcap ? s->wcap : 16384;
-      while (cap < pending(s) + len)
+      while (cap < wbuf_pending(s) + len)
         cap *= 2;
       char *nb = malloc(cap);
       if (nb == NULL)
         return -ENOMEM;
-      if (pending(s) > 0)
-        memcpy(nb, s->wbuf + s->woff, pending(s));
+      if (wbuf_pending(s) > 0)
+        memcpy(nb, s->wbuf + s->woff, wbuf_pending(s));
       free(s->wbuf);
       s->wbuf = nb;
       s->wcap = cap;
@@ -309,14 +357,22 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
   (void)loop;
   (void)events;
   (void)fd;
-  struct iovec iov = {.iov_base = s->wbuf + s->woff, .iov_len = pending(s)};
-  ssize_t n = stream_writev(s, &iov, 1);
+  struct iovec iov[WRITE_IOV];
+  int cnt = 0;
+  wref *r = s->refs;
+  for (; r != NULL && cnt < WRITE_IOV; r = r->next)
+    iov[cnt++] = (struct iovec){.iov_base = (void *)r->data,
+                                .iov_len = r->len};
+  if (r == NULL && cnt < WRITE_IOV && wbuf_pending(s) > 0)
+    iov[cnt++] = (struct iovec){.iov_base = s->wbuf + s->woff,
+                                .iov_len = wbuf_pending(s)};
+  ssize_t n = stream_writev(s, iov, cnt);
   if (n == -1) {
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       fatal(s, -errno);
     return;
   }
-  s->woff += (size_t)n;
+  queue_consume(s, (size_t)n);
   maybe_resume_protocol(s);
   if (s->lost_scheduled || pending(s) > 0)
     return; /* resume_writing may have aborted the stream */
@@ -332,9 +388,10 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
     s->proto->write_drained(s, s->ctx);
 }
 
-int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
-  if (s == NULL || iovcnt < 0 || (iov == NULL && iovcnt > 0))
-    return -EINVAL;
+/* ul_stream_writev, and ul_stream_write_ref when `release` is set (one
+ * buffer): returns 1 if the rest was queued by reference. */
+static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
+                        ul_release_cb release, void *arg) {
   if (s->eof_wanted || s->closing || s->read_only)
     return -EPIPE;
   size_t total = 0;
@@ -358,9 +415,23 @@ int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
     if (sent == total)
       return 0;
   }
-  /* Queue what is left, skipping what was sent. */
+  int kept = 0;
+  wref *r = release != NULL && wbuf_pending(s) == 0 ? malloc(sizeof *r) : NULL;
+  if (r != NULL) {
+    /* Queue the rest by reference (one buffer). */
+    r->next = NULL;
+    r->data = (const char *)iov[0].iov_base + sent;
+    r->len = total - sent;
+    r->release = release;
+    r->arg = arg;
+    *s->refs_tail = r;
+    s->refs_tail = &r->next;
+    s->refs_len += r->len;
+    kept = 1;
+  }
+  /* Else queue a copy of what is left, skipping what was sent. */
   size_t skip = sent;
-  for (int i = 0; i < iovcnt; i++) {
+  for (int i = 0; i < iovcnt && !kept; i++) {
     size_t len = iov[i].iov_len;
     if (skip >= len) {
       skip -= len;
@@ -374,13 +445,27 @@ int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
   }
   if (!s->writer_on) {
     if (ul_loop_add_writer(s->loop, s->fd, write_ready, s) != 0) {
-      fatal(s, -EBADF);
-      return 0;
+      fatal(s, -EBADF); /* releases a kept reference */
+      return kept;
     }
     s->writer_on = 1;
   }
   maybe_pause_protocol(s);
-  return 0;
+  return kept;
+}
+
+int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
+  if (s == NULL || iovcnt < 0 || (iov == NULL && iovcnt > 0))
+    return -EINVAL;
+  return stream_write(s, iov, iovcnt, NULL, NULL);
+}
+
+int ul_stream_write_ref(ul_stream *s, const void *data, size_t len,
+                        ul_release_cb release, void *arg) {
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  if (s == NULL || (data == NULL && len > 0) || release == NULL)
+    return -EINVAL;
+  return stream_write(s, &iov, 1, release, arg);
 }
 
 int ul_stream_write(ul_stream *s, const void *data, size_t len) {
@@ -446,6 +531,7 @@ int ul__stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
   s->fd = fd;
   s->proto = proto;
   s->ctx = ctx;
+  s->refs_tail = &s->refs;
   s->high = UL_STREAM_HIGH_WATER;
   s->low = UL_STREAM_HIGH_WATER / 4;
   s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0;

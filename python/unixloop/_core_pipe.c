@@ -19,8 +19,12 @@
 #include "_core.h"
 
 #include <structmember.h>
+#include <sys/ioctl.h>
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
+#define MAX_READ_SIZE (256 * 1024) /* asyncio's max_size */
+/* bytes objects from this size on are queued by reference, not copied */
+#define WRITE_REF_MIN (16 * 1024)
 
 typedef struct {
   PyObject_HEAD
@@ -33,6 +37,7 @@ typedef struct {
   PyObject *protocol;
   PyObject *data_received;  /* read pipe: the bound method */
   PyObject *lost_exc;       /* what connection_lost will be given */
+  PyObject *rbytes;         /* read pipe: the bytes object read into next */
   PyObject *dict;
   PyObject *weakreflist;
   int fd;
@@ -57,13 +62,41 @@ static void on_made(ul_stream *stream, void *ctx) {
   Py_XDECREF(r);
 }
 
+/* Reads go straight into a new bytes object (no copy) of the size that is
+ * waiting in the pipe (FIONREAD), so that it need not be shrunk: shrinking
+ * a large block makes malloc give it back to the kernel, and every read
+ * would then map and unmap its buffer. */
+static char *on_get_buffer(ul_stream *stream, size_t hint, size_t *len,
+                           void *ctx) {
+  PipeObj *t = ctx;
+  (void)hint;
+  int avail = 0;
+  Py_ssize_t size = MAX_READ_SIZE;
+  if (ioctl(ul_stream_fileno(stream), FIONREAD, &avail) == 0)
+    size = avail <= 0 ? 1 : avail < MAX_READ_SIZE ? avail : MAX_READ_SIZE;
+  if (t->rbytes != NULL && PyBytes_GET_SIZE(t->rbytes) != size)
+    Py_CLEAR(t->rbytes);
+  if (t->rbytes == NULL) {
+    t->rbytes = PyBytes_FromStringAndSize(NULL, size);
+    if (t->rbytes == NULL) {
+      PyErr_Clear();
+      return NULL; /* the stream ends with -ENOBUFS */
+    }
+  }
+  *len = (size_t)size;
+  return PyBytes_AS_STRING(t->rbytes);
+}
+
 /* asyncio calls data_received from the reader's callback: an exception is
  * reported as a callback's, and reading goes on. */
-static void on_data(ul_stream *stream, const char *data, size_t len,
-                    void *ctx) {
+static void on_buffer_updated(ul_stream *stream, size_t n, void *ctx) {
   PipeObj *t = ctx;
   (void)stream;
-  PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
+  PyObject *bytes = t->rbytes;
+  t->rbytes = NULL;
+  if ((Py_ssize_t)n < PyBytes_GET_SIZE(bytes) &&
+      _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
+    bytes = NULL;
   PyObject *r = bytes ? PyObject_CallOneArg(t->data_received, bytes) : NULL;
   Py_XDECREF(bytes);
   if (r == NULL)
@@ -140,12 +173,14 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   PyErr_Restore(type, e, tb);
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->data_received);
+  Py_CLEAR(t->rbytes);
   Py_DECREF(t); /* the stream's reference */
 }
 
 static const ul_stream_protocol read_protocol = {
     .connection_made = on_made,
-    .data_received = on_data,
+    .get_buffer = on_get_buffer,
+    .buffer_updated = on_buffer_updated,
     .eof_received = on_eof,
     .connection_lost = on_lost,
 };
@@ -266,6 +301,7 @@ static int Pipe_clear(PipeObj *t) {
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->data_received);
   Py_CLEAR(t->lost_exc);
+  Py_CLEAR(t->rbytes);
   Py_CLEAR(t->dict);
   return 0;
 }
@@ -352,6 +388,10 @@ static PyObject *Pipe_resume_reading(PipeObj *t,
 
 /* ---- WritePipeTransport ------------------------------------------------------------- */
 
+static void release_bytes(void *arg) {
+  Py_DECREF((PyObject *)arg);
+}
+
 static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
   if (!PyBytes_Check(data) && !PyByteArray_Check(data) &&
       !PyMemoryView_Check(data)) {
@@ -381,7 +421,18 @@ static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
     t->conn_lost++;
     Py_RETURN_NONE;
   }
-  int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
+  int err;
+  if (PyBytes_CheckExact(data) && view.len >= WRITE_REF_MIN) {
+    /* Immutable: what does not fit in the pipe now is sent from the bytes
+     * object itself, which the stream holds until then. */
+    Py_INCREF(data);
+    err = ul_stream_write_ref(t->stream, view.buf, (size_t)view.len,
+                              release_bytes, data);
+    if (err != 1)
+      Py_DECREF(data);
+  } else {
+    err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
+  }
   PyBuffer_Release(&view);
   if (err < 0)
     return ulpy_raise_errno(err);

@@ -194,6 +194,7 @@ TEST_DECLARE(pipe_pause_resume_reading)
 TEST_DECLARE(pipe_rejects_other_fds)
 TEST_DECLARE(pipe_no_fd_leaks)
 TEST_DECLARE(pipe_write_then_peer_reads)
+TEST_DECLARE(pipe_write_ref)
 
 TASK_LIST_START
   /* test-loop.c */
@@ -373,4 +374,5 @@ TASK_LIST_START
   TEST_ENTRY(pipe_rejects_other_fds)
   TEST_ENTRY(pipe_no_fd_leaks)
   TEST_ENTRY(pipe_write_then_peer_reads)
+  TEST_ENTRY(pipe_write_ref)
 TASK_LIST_END

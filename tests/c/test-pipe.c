@@ -594,3 +594,80 @@ TEST_IMPL(pipe_write_then_peer_reads) {
   CLOSE_LOOP(loop);
   return 0;
 }
+
+/* ul_stream_write_ref: what the pipe does not take is sent from the
+ * caller's memory, in order with copied writes, and given back once. */
+static int released[4];
+
+static void release_cb(void *arg) {
+  released[(intptr_t)arg]++;
+}
+
+TEST_IMPL(pipe_write_ref) {
+  ul_loop *loop = test_loop_new();
+  struct end w, r;
+  int fds[2];
+  size_t big = 1 * MB;
+  char *a = malloc(big), *c = malloc(big);
+  ASSERT_NOT_NULL(a);
+  ASSERT_NOT_NULL(c);
+  memset(a, 'a', big);
+  memset(c, 'c', big);
+  memset(released, 0, sizeof released);
+
+  test_pipe(fds);
+  open_writer(loop, &w, fds[1]);
+  open_reader(loop, &r, fds[0]);
+  RUN_UNTIL(loop, strlen(w.trace) > 0);
+  /* Small enough to go at once: not kept, never released. */
+  ASSERT_EQ(0, ul_stream_write_ref(w.s, "xyz", 3, release_cb, (void *)0));
+  ASSERT_EQ(-EINVAL, ul_stream_write_ref(w.s, "x", 1, NULL, NULL));
+  /* Kept: the pipe takes at most its capacity now. */
+  ASSERT_EQ(1, ul_stream_write_ref(w.s, a, big, release_cb, (void *)1));
+  ASSERT_GT(ul_stream_get_write_buffer_size(w.s), big / 2);
+  ASSERT_OK(ul_stream_write(w.s, "B", 1)); /* copied, after a */
+  /* A copy is waiting: c is copied too rather than overtaking it. */
+  ASSERT_EQ(0, ul_stream_write_ref(w.s, c, big, release_cb, (void *)2));
+  memset(c, '!', big); /* the stream must not see this */
+  ASSERT_EQ(0, released[1]);
+  ASSERT_OK(ul_stream_close(w.s));
+  RUN_UNTIL(loop, w.lost && r.lost);
+  ASSERT_EQ(0, released[0]);
+  ASSERT_EQ(1, released[1]);
+  ASSERT_EQ(0, released[2]);
+  ASSERT_EQ(3 + big + 1 + big, r.len);
+  ASSERT_OK(memcmp(r.data, "xyz", 3));
+  for (size_t i = 0; i < big; i++)
+    if (r.data[3 + i] != 'a' || r.data[3 + big + 1 + i] != 'c')
+      UL_TEST_FAIL_("byte %zu out of order\n", i);
+  ASSERT_EQ('B', r.data[3 + big]);
+  free(r.data);
+
+  /* Dropped by abort, by a vanished reader and by the loop's close: each
+   * released exactly once. */
+  memset(released, 0, sizeof released);
+  for (int how = 1; how <= 3; how++) {
+    test_pipe(fds);
+    open_writer(loop, &w, fds[1]);
+    RUN_UNTIL(loop, strlen(w.trace) > 0);
+    ASSERT_EQ(1, ul_stream_write_ref(w.s, a, big, release_cb,
+                                     (void *)(intptr_t)how));
+    if (how == 1)
+      ASSERT_OK(ul_stream_abort(w.s));
+    if (how == 2)
+      test_close(fds[0]);
+    if (how < 3) {
+      RUN_UNTIL(loop, w.lost);
+      ASSERT_EQ(1, released[how]);
+    }
+    if (how != 2)
+      test_close(fds[0]);
+  }
+  ASSERT_EQ(0, released[3]);
+  CLOSE_LOOP(loop);
+  ASSERT_EQ(1, released[3]);
+  ASSERT_EQ(-ECANCELED, w.lost_err);
+  free(a);
+  free(c);
+  return 0;
+}

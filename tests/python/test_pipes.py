@@ -481,3 +481,25 @@ def test_subprocess_uses_pipe_transports(aloop):
     assert rc == 0
     if aloop.kind == 'unixloop':
         assert kinds == {'ReadPipeTransport', 'WritePipeTransport'}
+
+
+def test_big_writes_keep_order_and_copy_mutable_data(aloop):
+    # unixloop queues big bytes objects by reference: the order with copied
+    # writes must hold, and a bytearray changed after write() must not be.
+    r, w = os.pipe()
+    wt, wp, _ = connect_write(aloop, w)
+    rt, rp, _ = connect_read(aloop, r)
+    big = [bytes([65 + i]) * (300 * 1024) for i in range(4)]
+    mutable = bytearray(b'm' * 100_000)
+    expected = big[0] + b'small' + big[1] + bytes(mutable) + big[2] + big[3]
+    wt.write(big[0])
+    wt.write(b'small')
+    wt.write(big[1])
+    wt.write(mutable)
+    mutable[:] = b'X' * len(mutable)
+    wt.write(big[2])
+    wt.writelines([big[3]])
+    del big
+    wt.close()
+    wait(aloop, asyncio.gather(wp.done, rp.done))
+    assert rp.data == expected
