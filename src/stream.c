@@ -357,6 +357,12 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
   (void)loop;
   (void)events;
   (void)fd;
+  if (pending(s) == 0) {
+    /* A pipe drained at the last call, nothing queued since: stop. */
+    ul_loop_remove_writer(s->loop, s->fd);
+    s->writer_on = 0;
+    return;
+  }
   struct iovec iov[WRITE_IOV];
   int cnt = 0;
   wref *r = s->refs;
@@ -376,8 +382,15 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
   maybe_resume_protocol(s);
   if (s->lost_scheduled || pending(s) > 0)
     return; /* resume_writing may have aborted the stream */
-  ul_loop_remove_writer(s->loop, s->fd);
-  s->writer_on = 0;
+  /* Drained.  A pipe's writer stays registered until a writable event
+   * finds the queue still empty: a program that writes again at once (the
+   * next chunk of a bulk transfer) then costs no epoll_ctl.  A socket's is
+   * removed now: once drained its fd may be written by others (asyncio's
+   * sendfile adds its own writer). */
+  if (!s->pipe) {
+    ul_loop_remove_writer(s->loop, s->fd);
+    s->writer_on = 0;
+  }
   s->woff = s->wlen = 0;
   if (s->closing) {
     schedule_lost(s, 0);

@@ -195,6 +195,7 @@ TEST_DECLARE(pipe_rejects_other_fds)
 TEST_DECLARE(pipe_no_fd_leaks)
 TEST_DECLARE(pipe_write_then_peer_reads)
 TEST_DECLARE(pipe_write_ref)
+TEST_DECLARE(pipe_writer_disarms_when_idle)
 
 TASK_LIST_START
   /* test-loop.c */
@@ -375,4 +376,5 @@ TASK_LIST_START
   TEST_ENTRY(pipe_no_fd_leaks)
   TEST_ENTRY(pipe_write_then_peer_reads)
   TEST_ENTRY(pipe_write_ref)
+  TEST_ENTRY(pipe_writer_disarms_when_idle)
 TASK_LIST_END

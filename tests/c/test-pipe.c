@@ -671,3 +671,36 @@ TEST_IMPL(pipe_write_ref) {
   free(c);
   return 0;
 }
+
+/* A write pipe whose queue drained keeps its writer only until the next
+ * writable event finds nothing to write: an idle pipe is not polled. */
+TEST_IMPL(pipe_writer_disarms_when_idle) {
+  ul_loop *loop = test_loop_new();
+  struct end w;
+  int fds[2];
+  static char chunk[64 * KB];
+
+  test_pipe(fds);
+  open_writer(loop, &w, fds[1]);
+  RUN_UNTIL(loop, strlen(w.trace) > 0);
+  ASSERT_GT(fill(fds[1]), 0);
+  ASSERT_OK(ul_stream_write(w.s, chunk, sizeof chunk));
+  ASSERT_PTR_EQ(w.s, ul_loop_get_writer(loop, fds[1]));
+  while (ul_stream_get_write_buffer_size(w.s) > 0) {
+    drain(fds[0]);
+    ASSERT_OK(ul_loop_run_once(loop, 1));
+  }
+  drain(fds[0]);
+  for (int i = 0; i < 3; i++)
+    ASSERT_OK(ul_loop_run_once(loop, 0));
+  ASSERT_NULL(ul_loop_get_writer(loop, fds[1]));
+  /* Writing again works as before. */
+  ASSERT_OK(ul_stream_write(w.s, "again", 5));
+  char buf[8];
+  ASSERT_EQ(5, read(fds[0], buf, sizeof buf));
+  ASSERT_OK(ul_stream_close(w.s));
+  RUN_UNTIL(loop, w.lost);
+  test_close(fds[0]);
+  CLOSE_LOOP(loop);
+  return 0;
+}
