@@ -422,6 +422,25 @@ UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
 UL_EXTERN int ul_stream_writev(ul_stream *stream, const struct iovec *iov,
                                int iovcnt);
 
+/* Gives back a buffer queued by ul_stream_write_ref(). */
+typedef void (*ul_release_cb)(void *arg);
+
+/* As ul_stream_write(), but what the kernel does not take at once is
+ * queued by reference, not copied: `data` must stay valid and unchanged
+ * until `release(arg)` is called.  For large immutable buffers (the Python
+ * binding passes bytes objects).  When bytes queued by ul_stream_write()
+ * are still waiting, the rest is copied instead (so that nothing overtakes
+ * them).
+ * Returns 1 when the stream kept the reference: release(arg) is then called
+ * exactly once, on the loop's thread, when the stream is done with the
+ * bytes (sent, dropped by abort or an error, or the loop closed) -- which
+ * may be before this returns.  Returns 0 when it did not (all written, or
+ * copied): release is never called.
+ * Errors: as ul_stream_write(), and -EINVAL for a NULL release. */
+UL_EXTERN int ul_stream_write_ref(ul_stream *stream, const void *data,
+                                  size_t len, ul_release_cb release,
+                                  void *arg);
+
 /* Closes the write side once the buffer is flushed (shutdown(SHUT_WR)).
  * Errors: -EINVAL, -ENOTSUP (the fd cannot half-close, e.g. a pipe). */
 UL_EXTERN int ul_stream_write_eof(ul_stream *stream);
@@ -470,6 +489,53 @@ UL_EXTERN int ul_stream_release_fd(ul_stream *stream);
 UL_EXTERN int ul_stream_fileno(const ul_stream *stream);
 UL_EXTERN ul_loop *ul_stream_get_loop(const ul_stream *stream);
 UL_EXTERN void *ul_stream_get_context(const ul_stream *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Pipe transports                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* asyncio's read and write pipe transports (connect_read_pipe,
+ * connect_write_pipe, a subprocess's stdin / stdout / stderr) over a pipe
+ * end, a socket or a character device such as a PTY.  A pipe transport is
+ * a ul_stream of a pipe kind: the ul_stream_* functions work on it, with
+ * the differences written here, and the rules of ul_stream_open (ownership,
+ * when callbacks run, freeing after connection_lost) hold.
+ *
+ * On success the transport takes the fd (sets it non-blocking, closes it
+ * when the connection is lost unless ul_stream_release_fd() was called).
+ * On error the fd is left open and stays the caller's (asyncio raises and
+ * leaves the pipe to its owner).  Writing to a pipe whose reader went away
+ * raises SIGPIPE unless it is ignored (CPython ignores it); sockets use
+ * MSG_NOSIGNAL. */
+
+/* A read pipe: reads as a stream does (data_received or a buffered
+ * protocol, pause / resume reading).  At EOF eof_received runs (its return
+ * value is ignored) and then connection_lost(0): a read pipe never stays
+ * half-open.  A read error ends it with connection_lost(-errno), e.g. -EIO
+ * from a PTY whose other side was closed.  Writes return -EPIPE,
+ * ul_stream_write_eof() -ENOTSUP.
+ * Errors: -EINVAL (NULL argument, no data callback, or an fd that is not a
+ * FIFO, socket or character device: a regular file, a directory...),
+ * -EBADF (fd not open), -ENOMEM, -ESHUTDOWN (the loop is being closed). */
+UL_EXTERN int ul_pipe_open_read(ul_loop *loop, int fd,
+                                const ul_stream_protocol *protocol, void *ctx,
+                                ul_stream **stream_out);
+
+/* A write pipe: writes, the write buffer and its water marks
+ * (pause_writing / resume_writing) as a stream's; data_received and
+ * get_buffer are not needed.  On a FIFO or a socket the fd is watched for
+ * the reader going away: connection_lost(-EPIPE) if bytes were still
+ * queued (they are dropped), connection_lost(0) if none were, as asyncio.
+ * A write that fails ends it with connection_lost(-errno) (-EPIPE when the
+ * reader went away, -EIO for a PTY whose other side closed...).
+ * ul_stream_write_eof() is ul_stream_close(): flush, then close the fd,
+ * which is the reader's EOF (ul_stream_can_write_eof() is 1).
+ * ul_stream_pause_reading() / resume_reading() return -ENOTSUP and
+ * ul_stream_is_reading() is 0.
+ * Errors: as ul_pipe_open_read(), except that no data callback is needed. */
+UL_EXTERN int ul_pipe_open_write(ul_loop *loop, int fd,
+                                 const ul_stream_protocol *protocol,
+                                 void *ctx, ul_stream **stream_out);
 
 /* ------------------------------------------------------------------------ */
 /* Connecting and listening: TCP and UNIX-domain stream sockets            */

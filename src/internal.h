@@ -125,6 +125,15 @@ void ul__streams_close_all(ul_loop *loop);
 /* ---- datagram transports (dgram.c) ------------------------------------- */
 
 void ul__dgrams_close_all(ul_loop *loop);
+/* Kinds of stream for ul__stream_open (0: ul_stream_open's, from the fd). */
+enum ul__stream_kind {
+  UL__STREAM_PIPE_READ = 1,       /* read pipe: never writes, EOF closes */
+  UL__STREAM_PIPE_WRITE = 2,      /* write pipe: readability = reader gone */
+  UL__STREAM_NO_HANGUP_WATCH = 4  /* with PIPE_WRITE: do not watch it */
+};
+
+int ul__stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
+                    void *ctx, unsigned kind, ul_stream **stream_out);
 
 /* ---- connects and servers (net.c) ---------------------------------------- */
 

@@ -215,6 +215,23 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
 
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
+                                  extra=None):
+        """asyncio's read pipe transport, on a libunixloop pipe."""
+        transport = _core.ReadPipeTransport(self, pipe, protocol, extra)
+        if waiter is not None:
+            # After connection_made, as asyncio does.
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
+                                   extra=None):
+        """asyncio's write pipe transport, on a libunixloop pipe."""
+        transport = _core.WritePipeTransport(self, pipe, protocol, extra)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.
         if not handle._cancelled:

@@ -1450,7 +1450,8 @@ static int core_exec(PyObject *mod) {
       !st->kw_loop || !st->kw_task)
     return -1;
   if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0 ||
-      ulpy_dgram_exec(mod, st) < 0)
+      ulpy_dgram_exec(mod, st) < 0 ||
+      ulpy_pipe_exec(mod, st) < 0)
     return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
@@ -1470,6 +1471,8 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->SockOpType);
   Py_VISIT(st->TransportType);
   Py_VISIT(st->DgramType);
+  Py_VISIT(st->ReadPipeType);
+  Py_VISIT(st->WritePipeType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1484,6 +1487,8 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->SockOpType);
   Py_CLEAR(st->TransportType);
   Py_CLEAR(st->DgramType);
+  Py_CLEAR(st->ReadPipeType);
+  Py_CLEAR(st->WritePipeType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);

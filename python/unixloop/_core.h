@@ -30,6 +30,8 @@ typedef struct {
   PyTypeObject *SockOpType;  /* _core_sock.c */
   PyTypeObject *TransportType; /* _core_transport.c */
   PyTypeObject *DgramType;     /* _core_dgram.c */
+  PyTypeObject *ReadPipeType;  /* _core_pipe.c */
+  PyTypeObject *WritePipeType;
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -107,6 +109,17 @@ void ulpy_transport_report(LoopObj *loop, PyObject *transport,
 int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
                            Py_ssize_t *high, Py_ssize_t *low);
 int ulpy_count_lost_write(core_state *st, int *conn_lost);
+
+PyObject *ulpy_exception_from_errno(int err);
+/* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once
+ * the connection is lost). */
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream);
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw);
+
+/* _core_pipe.c: ReadPipeTransport, WritePipeTransport */
+int ulpy_pipe_exec(PyObject *mod, core_state *st);
 
 /* _core_dgram.c */
 int ulpy_dgram_exec(PyObject *mod, core_state *st);

@@ -57,7 +57,7 @@ typedef struct {
 /* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a
  * transport callback: keep it aside and stop the loop after this iteration;
  * the other callbacks of the iteration still run (their data was already
- * read).  Shared with the datagram transport (_core_dgram.c). */
+ * read).  Shared with the datagram and pipe transports. */
 void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
@@ -121,6 +121,8 @@ static void debug_log(TransportObj *t, const char *fmt, const char *message,
     PyErr_WriteUnraisable((PyObject *)t);
   Py_XDECREF(r);
   PyErr_Restore(type, v, tb);
+}
+
 /* set_write_buffer_limits(high=None, low=None): asyncio's defaults and
  * checks (_helpers.water_marks).  0, or -1 with an exception set. */
 int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
@@ -372,7 +374,7 @@ static void fail_empty_waiter(TransportObj *t) {
     PyErr_WriteUnraisable((PyObject *)t);
 }
 
-static PyObject *exception_from_errno(int err) {
+PyObject *ulpy_exception_from_errno(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
 }
 
@@ -388,7 +390,7 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
   if (exc == NULL && err != 0 && err != -ECANCELED)
-    exc = exception_from_errno(err);
+    exc = ulpy_exception_from_errno(err);
   PyErr_Clear();
   double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
@@ -746,25 +748,35 @@ static PyObject *Transport_get_write_buffer_size(
                                      : 0);
 }
 
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream) {
+  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
+  if (stream != NULL)
+    ul_stream_get_write_buffer_limits(stream, &low, &high);
+  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+}
+
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw) {
+  Py_ssize_t high, low;
+  if (ulpy_parse_water_marks(loop->st, args, kw, &high, &low) < 0)
+    return NULL;
+  if (stream != NULL)
+    ul_stream_set_write_buffer_limits(stream, high, low);
+  if (PyErr_Occurred())
+    return NULL;
+  Py_RETURN_NONE;
+}
+
 static PyObject *Transport_get_write_buffer_limits(
     TransportObj *t, PyObject *Py_UNUSED(ignored)) {
-  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
-  if (t->stream != NULL)
-    ul_stream_get_write_buffer_limits(t->stream, &low, &high);
-  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+  return ulpy_stream_get_write_buffer_limits(t->stream);
 }
 
 static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
                                                    PyObject *args,
                                                    PyObject *kw) {
-  Py_ssize_t high, low;
-  if (ulpy_parse_water_marks(t->loop->st, args, kw, &high, &low) < 0)
-    return NULL;
-  if (t->stream != NULL)
-    ul_stream_set_write_buffer_limits(t->stream, high, low);
-  if (PyErr_Occurred())
-    return NULL;
-  Py_RETURN_NONE;
+  return ulpy_stream_set_write_buffer_limits(t->loop, t->stream, args, kw);
 }
 
 static PyObject *Transport_make_empty_waiter(TransportObj *t,

@@ -59,6 +59,12 @@ def warn_send_after_close():
     selector_events.logger.warning('socket.send() raised exception.')
 
 
+def warn_pipe_write_after_close():
+    # asyncio's write pipe transport's words for the same.
+    logger.warning('pipe closed by peer or '
+                   'os.write(pipe, data) raised exception.')
+
+
 def water_marks(high, low):
     """asyncio's _set_write_buffer_limits arithmetic and checks."""
     if high is None:
