@@ -6,7 +6,7 @@ they produce exactly what asyncio produces.
 """
 import socket
 import sys
-from asyncio import base_events, format_helpers, selector_events
+from asyncio import base_events, format_helpers, selector_events, unix_events
 
 
 def format_callback_failure(callback, args, exc, handle):
@@ -61,8 +61,8 @@ def warn_send_after_close():
 
 def warn_pipe_write_after_close():
     # asyncio's write pipe transport's words for the same.
-    logger.warning('pipe closed by peer or '
-                   'os.write(pipe, data) raised exception.')
+    unix_events.logger.warning('pipe closed by peer or '
+                               'os.write(pipe, data) raised exception.')
 
 
 def water_marks(high, low):
