@@ -129,20 +129,21 @@ static void stream_free(ul_stream *s) {
 static void lost_cb(ul_loop *loop, void *arg, int status) {
   ul_stream *s = arg;
   (void)loop;
-  (void)status; /* -ECANCELED at loop close: still report and free */
+  /* status -ECANCELED: the loop closed before it ran; report that */
   if (s->proto->connection_lost != NULL)
-    s->proto->connection_lost(s, s->lost_err, s->ctx);
+    s->proto->connection_lost(s, status < 0 ? status : s->lost_err, s->ctx);
   stream_free(s);
 }
 
 /* ul_loop_close(): streams still open lose their connection with
- * -ECANCELED, so that nothing they own leaks. */
+ * -ECANCELED, so that nothing they own leaks (also those whose
+ * connection_made had not run yet). */
 void ul__streams_close_all(ul_loop *loop) {
   while (loop->streams != NULL) {
     ul_stream *s = loop->streams;
     s->closing = 1;
     s->lost_scheduled = 1; /* nothing may schedule it again */
-    if (s->made && s->proto->connection_lost != NULL)
+    if (s->proto->connection_lost != NULL)
       s->proto->connection_lost(s, -ECANCELED, s->ctx);
     stream_free(s);
   }
@@ -168,7 +169,7 @@ static void schedule_lost(ul_stream *s, int err) {
   if (ul_loop_call_soon(s->loop, lost_cb, s) != 0) {
     /* Out of memory (or the loop is closing): report it now rather than
      * leak the fd. */
-    lost_cb(s->loop, s, -ECANCELED);
+    lost_cb(s->loop, s, 0);
   }
 }
 

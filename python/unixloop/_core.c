@@ -1133,6 +1133,33 @@ static PyObject *Loop_is_closed(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
   return PyBool_FromLong(self->closed);
 }
 
+int ulpy_transport_hold(LoopObj *loop, PyObject *transport) {
+  return PySet_Add(loop->open_transports, transport);
+}
+
+/* May free the transport; keeps the current exception. */
+void ulpy_transport_release(LoopObj *loop, PyObject *transport) {
+  if (loop->open_transports == NULL)
+    return; /* cleared with the loop: the reference is gone already */
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PySet_Discard(loop->open_transports, transport) < 0)
+    PyErr_WriteUnraisable(transport);
+  PyErr_Restore(type, v, tb);
+}
+
+/* After ul_loop_close(): drop the references of the transports it ended
+ * (collected now unless the program holds them: "unclosed transport"). */
+static void release_transports(LoopObj *self) {
+  if (self->open_transports == NULL)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PySet_Clear(self->open_transports) < 0)
+    PyErr_WriteUnraisable((PyObject *)self);
+  PyErr_Restore(type, v, tb);
+}
+
 /* Frees the C loop: queued callbacks and timers are dropped (asyncio's
  * close() clears _ready and _scheduled), fd watchers are forgotten. */
 static void loop_close_core(LoopObj *self) {
@@ -1146,7 +1173,7 @@ static void loop_close_core(LoopObj *self) {
     return; /* running: the caller checked; keep everything */
   }
   self->ul = NULL;
-  ulpy_transports_orphan(self);
+  release_transports(self);
   PyObject *r = PyObject_CallMethod(self->readers, "clear", NULL);
   Py_XDECREF(r);
   r = PyObject_CallMethod(self->writers, "clear", NULL);
@@ -1319,7 +1346,7 @@ static int Loop_clear(LoopObj *self) {
     self->closed = 1;
     ul_loop_close(self->ul);
     self->ul = NULL;
-    ulpy_transports_orphan(self);
+    release_transports(self);
   }
   Py_CLEAR(self->readers);
   Py_CLEAR(self->writers);

@@ -72,8 +72,9 @@ struct LoopObj {
   PyObject *pending_exc;      /* iteration's other callbacks run */
   PyObject *pending_exc_tb;
   PyObject *task_factory;  /* asyncio's loop._task_factory */
-  PyObject *open_transports; /* set: the SocketTransports whose stream is
-                                open (the stream's reference to each) */
+  PyObject *open_transports; /* set: the C transports (socket, pipe,
+                                datagram) still open: the reference their C
+                                side holds, visible to the GC */
   double slow_callback_duration;
 };
 
@@ -93,10 +94,15 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
-/* After ul_loop_close(): the loop's transports lose their stream without a
- * call of connection_lost (as asyncio's); their sockets stay open until
- * they are closed or collected ("unclosed transport" ResourceWarning). */
-void ulpy_transports_orphan(LoopObj *loop);
+
+/* _core.c: the reference a C transport holds on its Python object from
+ * opening until connection_lost is kept in loop->open_transports.  When the
+ * loop closes first, connection_lost(-ECANCELED) comes from ul_loop_close():
+ * the binding calls nothing (asyncio's close() does not), keeps its socket
+ * or pipe open, and the loop then drops the references; a transport
+ * collected so warns "unclosed transport" (ResourceWarning), as asyncio's. */
+int ulpy_transport_hold(LoopObj *loop, PyObject *transport);
+void ulpy_transport_release(LoopObj *loop, PyObject *transport);
 /* Helpers of every transport type: a fatal exception kept aside for the
  * loop; call_exception_handler with a transport's context; the current
  * exception reported that way. */

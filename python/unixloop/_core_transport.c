@@ -11,11 +11,10 @@
  * Lifetime: the stream holds a reference to the transport from
  * ul_stream_open() until connection_lost, which also closes the Python
  * socket object (the stream was told not to close the fd itself).  That
- * reference is the loop's `open_transports` set, so that the garbage
- * collector sees it.  When the loop closes first, the transport loses its
- * stream without connection_lost ("orphaned", as asyncio's): its socket
- * stays open until the transport is collected, which warns "unclosed
- * transport" (ResourceWarning) and closes it.
+ * reference is kept in the loop's `open_transports` set (_core.h).  When the
+ * loop closes first, the transport loses its stream without connection_lost
+ * ("orphaned", as asyncio's): its socket stays open until the transport is
+ * collected, which warns "unclosed transport" and closes it.
  */
 #include "_core.h"
 
@@ -384,8 +383,10 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   (void)stream;
   release_rbuf(t);
   t->stream = NULL;
-  if (t->loop->closed)
-    return; /* ul_loop_close(): ulpy_transports_orphan() follows */
+  if (err == -ECANCELED) {
+    t->orphaned = 1; /* ul_loop_close(); the loop drops our reference */
+    return;
+  }
   fail_empty_waiter(t);
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
@@ -417,33 +418,10 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   if (PyErr_Occurred())
     PyErr_WriteUnraisable((PyObject *)t);
   Py_CLEAR(t->server);
-  /* The stream's reference (t may be freed here). */
-  if (t->loop->open_transports != NULL &&
-      PySet_Discard(t->loop->open_transports, (PyObject *)t) < 0)
-    PyErr_WriteUnraisable(NULL);
   PyErr_Restore(type, e, tb);
+  ulpy_transport_release(t->loop, (PyObject *)t); /* t may be freed here */
 }
 
-void ulpy_transports_orphan(LoopObj *loop) {
-  PyObject *set = loop->open_transports;
-  if (set == NULL || PySet_GET_SIZE(set) == 0)
-    return;
-  PyObject *type, *v, *tb;
-  PyErr_Fetch(&type, &v, &tb);
-  PyObject *it = PyObject_GetIter(set);
-  PyObject *item;
-  while (it != NULL && (item = PyIter_Next(it)) != NULL) {
-    TransportObj *t = (TransportObj *)item;
-    release_rbuf(t);
-    t->stream = NULL; /* freed by ul_loop_close */
-    t->orphaned = 1;
-    Py_DECREF(item);
-  }
-  Py_XDECREF(it);
-  if (PyErr_Occurred() || PySet_Clear(set) < 0)
-    PyErr_WriteUnraisable(set);
-  PyErr_Restore(type, v, tb);
-}
 
 static const ul_stream_protocol plain_protocol = {
     .connection_made = on_made,
@@ -534,14 +512,14 @@ static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
   const ul_stream_protocol *proto =
       t->data_received ? &plain_protocol : &buffered_protocol;
   /* The stream's reference, until connection_lost. */
-  if (PySet_Add(t->loop->open_transports, (PyObject *)t) < 0) {
+  if (ulpy_transport_hold(t->loop, (PyObject *)t) < 0) {
     Py_DECREF(t);
     return NULL;
   }
   int err = ul_stream_open(t->loop->ul, fd, proto, t, &t->stream);
   if (err < 0) {
     t->stream = NULL;
-    (void)PySet_Discard(t->loop->open_transports, (PyObject *)t);
+    ulpy_transport_release(t->loop, (PyObject *)t);
     Py_DECREF(t);
     return ulpy_raise_errno(err);
   }
