@@ -1412,6 +1412,8 @@ static int core_exec(PyObject *mod) {
     return -1;
   if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0)
     return -1;
+  if (ulpy_process_exec(mod, st) < 0)
+    return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
       PyModule_AddType(mod, st->LoopType) < 0)
@@ -1429,6 +1431,7 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->LoopType);
   Py_VISIT(st->SockOpType);
   Py_VISIT(st->TransportType);
+  Py_VISIT(st->ChildProcessType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1442,6 +1445,7 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->LoopType);
   Py_CLEAR(st->SockOpType);
   Py_CLEAR(st->TransportType);
+  Py_CLEAR(st->ChildProcessType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);
