@@ -835,7 +835,9 @@ void ul__processes_close_all(ul_loop *loop) {
       p->reported = 1;
       if (running)
         p->returncode = -ECANCELED;
+      p->in_cb = 1;  /* a ul_process_close from the callback frees nothing */
       p->cb(p, p->returncode, p->arg);
+      p->in_cb = 0;
     }
     free_process(p);
   }

@@ -34,8 +34,15 @@ _UNSUPPORTED_UNLESS_DEFAULT = ('preexec_fn', 'user', 'group',
                                'creationflags')
 
 
+_Popen = subprocess.Popen
+
+
 def can_spawn(stdin, stdout, stderr, kwargs):
-    """True when this path handles these Popen arguments."""
+    """True when this path handles these Popen arguments (and
+    subprocess.Popen is still Popen: code that replaced it, a mock or an
+    instrumentation, wants it called)."""
+    if subprocess.Popen is not _Popen:
+        return False
     for key, value in kwargs.items():
         if key not in _SUPPORTED:
             return False
@@ -98,8 +105,10 @@ class _ChildProcess:
             raise subprocess.TimeoutExpired(self.args, timeout)
         info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
         if info.si_code == os.CLD_EXITED:
-            return info.si_status
-        return -info.si_status
+            self.returncode = info.si_status
+        else:
+            self.returncode = -info.si_status
+        return self.returncode
 
     def send_signal(self, sig):
         if self.returncode is not None:

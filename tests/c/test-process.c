@@ -243,7 +243,7 @@ static int reaped_elsewhere(ul_child_watcher w) {
  * -ECANCELED, and the child is still reaped once it exits (no zombie). */
 static int close_running(ul_child_watcher w) {
   ul_loop *loop = loop_with(w);
-  struct exit_rec a = {0, 0, 0, 0};
+  struct exit_rec a = {0, 0, 0, 1};  /* closed from the callback */
   char *argv[] = {"/bin/sleep", "30", NULL};
   ul_process *p = start(loop, argv, &a);
   pid_t pid = ul_process_pid(p);
