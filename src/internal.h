@@ -143,6 +143,15 @@ struct ul__connect;
  * servers still open are closed as by ul_server_close and freed. */
 void ul__net_close_all(ul_loop *loop);
 
+/* ---- processes (spawn.c, process.c) -------------------------------------- */
+
+/* pidfd_open(pid, 0): a close-on-exec pidfd, or -1 (errno set). */
+int ul__pidfd_open(pid_t pid);
+
+/* ul_loop_close(): processes still running get their exit callback with
+ * -ECANCELED and are freed; their children are reaped later. */
+void ul__processes_close_all(ul_loop *loop);
+
 /* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
 
 typedef struct ul__backend {
@@ -201,6 +210,9 @@ struct ul_loop {
   struct ul__connect *connects;  /* connects not yet reported (net.c) */
   ul_dgram *dgrams;      /* open datagram transports (dgram.c) */
   char *dgram_buf;       /* their shared receive area (dgram.c) */
+  ul_process *processes; /* watched children (process.c) */
+  int child_watcher;     /* ul_child_watcher; 0 until first needed */
+  int sigchld_on;        /* the loop has its SIGCHLD handler (process.c) */
 
   ul_error_cb error_cb;
   void *error_arg;

@@ -25,6 +25,7 @@ import socket
 from asyncio import base_events, constants, events, futures, trsock, unix_events
 
 from . import _core
+from . import _process
 
 __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run')
 __version__ = _core.libunixloop_version
@@ -232,6 +233,32 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
 
+    async def _make_subprocess_transport(self, protocol, args, shell,
+                                         stdin, stdout, stderr, bufsize,
+                                         extra=None, **kwargs):
+        """A child started and watched by libunixloop (no copy of the
+        parent, a pidfd on the loop's poller), unless the user picked a
+        child watcher or an argument needs subprocess.Popen: then asyncio's
+        own path (Popen and the policy's watcher)."""
+        if not (_core_watches_children() and
+                _process.can_spawn(stdin, stdout, stderr, kwargs)):
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize,
+                extra=extra, **kwargs)
+        waiter = self.create_future()
+        transp = _process.SubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.
         if not handle._cancelled:
@@ -256,6 +283,14 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
 # os.sendfile on its socket; start_tls() may wrap it.
 _core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 _core.SocketTransport._start_tls_compatible = True
+
+
+def _core_watches_children():
+    """True unless the user set a child watcher on asyncio's policy
+    (set_child_watcher, or get_child_watcher, which makes one)."""
+    policy = events.get_event_loop_policy()
+    return (isinstance(policy, unix_events.DefaultEventLoopPolicy) and
+            policy._watcher is None)
 
 
 def new_event_loop():
