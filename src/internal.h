@@ -122,6 +122,21 @@ void ul__signals_close(ul_loop *loop);
 
 void ul__streams_close_all(ul_loop *loop);
 
+/* ---- sendfile (sendfile.c) on a stream ---------------------------------- */
+
+struct ul__sendfile;
+
+/* stream.c -> sendfile.c: the write buffer has drained (start sending);
+ * the stream is being lost (stop, report `err`). */
+void ul__sendfile_run(struct ul__sendfile *req);
+void ul__sendfile_abort(struct ul__sendfile *req, int err);
+
+/* sendfile.c -> stream.c: attach a sendfile (returns 1: the buffer is
+ * empty, start now; 0: ul__sendfile_run follows once it drains; or an
+ * error), and detach it when done (`err` != 0 ends the connection). */
+int ul__stream_sendfile_begin(ul_stream *stream, struct ul__sendfile *req);
+void ul__stream_sendfile_end(ul_stream *stream, int err);
+
 /* ---- connects and servers (net.c) ---------------------------------------- */
 
 struct ul__connect;

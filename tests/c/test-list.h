@@ -148,6 +148,16 @@ TEST_DECLARE(net_loop_close_closes_servers)
 TEST_DECLARE(net_loop_close_connect_cb_closes_server)
 TEST_DECLARE(net_bad_arguments)
 
+/* test-sendfile.c */
+TEST_DECLARE(sendfile_large_file)
+TEST_DECLARE(sendfile_offset_count)
+TEST_DECLARE(sendfile_count_past_eof)
+TEST_DECLARE(sendfile_peer_closes)
+TEST_DECLARE(sendfile_pipe_fallback)
+TEST_DECLARE(sendfile_close_and_abort)
+TEST_DECLARE(sendfile_loop_close_cancels)
+TEST_DECLARE(sendfile_bad_args)
+
 /* test-stream.c */
 TEST_DECLARE(stream_made_before_data)
 TEST_DECLARE(stream_read_1mb)
@@ -314,6 +324,14 @@ TASK_LIST_START
   TEST_ENTRY(net_loop_close_closes_servers)
   TEST_ENTRY(net_loop_close_connect_cb_closes_server)
   TEST_ENTRY(net_bad_arguments)
+  TEST_ENTRY_CUSTOM(sendfile_large_file, 10000)
+  TEST_ENTRY(sendfile_offset_count)
+  TEST_ENTRY(sendfile_count_past_eof)
+  TEST_ENTRY_CUSTOM(sendfile_peer_closes, 10000)
+  TEST_ENTRY(sendfile_pipe_fallback)
+  TEST_ENTRY_CUSTOM(sendfile_close_and_abort, 10000)
+  TEST_ENTRY(sendfile_loop_close_cancels)
+  TEST_ENTRY(sendfile_bad_args)
   /* test-stream.c */
   TEST_ENTRY(stream_made_before_data)
   TEST_ENTRY(stream_read_1mb)
