@@ -494,7 +494,8 @@ typedef void (*ul_sendfile_cb)(ul_stream *stream, int status, uint64_t sent,
  * write_eof waits for its end, and ul_stream_close() lets it finish before
  * closing; ul_stream_abort() (or the loop closing) cancels it: the callback
  * then gets -ECANCELED.  A connection error (-EPIPE, -ECONNRESET) goes to
- * the callback, then ends the connection as a write error does.  The
+ * the callback, then ends the connection as a write error does (an error
+ * reading the file only goes to the callback).  The
  * caller keeps owning `file_fd` and must keep it open until the callback.
  * Errors: -EINVAL (NULL stream or cb, negative fd or offset), -EBADF
  * (file_fd not open, or not open for reading), -ESPIPE (an offset in a
@@ -503,6 +504,13 @@ typedef void (*ul_sendfile_cb)(ul_stream *stream, int status, uint64_t sent,
  * -ENOMEM. */
 UL_EXTERN int ul_stream_sendfile(ul_stream *stream, int file_fd, off_t offset,
                                  uint64_t count, ul_sendfile_cb cb, void *arg);
+
+/* Stops the sendfile running on the stream (asyncio: the task awaiting
+ * loop.sendfile() was cancelled): its callback gets -ECANCELED with the
+ * bytes sent so far, the file position is set as at its end, and the
+ * stream stays open -- writes work again at once.  Returns 1 if one was
+ * running, 0 if not.  Errors: -EINVAL (NULL). */
+UL_EXTERN int ul_stream_sendfile_cancel(ul_stream *stream);
 
 /* ------------------------------------------------------------------------ */
 /* Connecting and listening: TCP and UNIX-domain stream sockets            */

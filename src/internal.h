@@ -133,9 +133,11 @@ void ul__sendfile_abort(struct ul__sendfile *req, int err);
 
 /* sendfile.c -> stream.c: attach a sendfile (returns 1: the buffer is
  * empty, start now; 0: ul__sendfile_run follows once it drains; or an
- * error), and detach it when done (`err` != 0 ends the connection). */
+ * error), detach it when done (`err` != 0 ends the connection), and the
+ * one attached (or NULL). */
 int ul__stream_sendfile_begin(ul_stream *stream, struct ul__sendfile *req);
 void ul__stream_sendfile_end(ul_stream *stream, int err);
+struct ul__sendfile *ul__stream_sendfile_current(const ul_stream *stream);
 
 /* ---- connects and servers (net.c) ---------------------------------------- */
 

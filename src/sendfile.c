@@ -55,6 +55,7 @@ struct ul__sendfile {
   unsigned is_socket : 1;  /* write with send(MSG_NOSIGNAL) */
   unsigned writing : 1;    /* our writer on `sock` is registered */
   unsigned reading : 1;    /* our reader on `file` is registered */
+  unsigned file_error : 1; /* the error is the file's, not the stream's */
 };
 
 typedef struct ul__sendfile sendfile_req;
@@ -97,11 +98,13 @@ static void report(sendfile_req *req, int status) {
     done_cb(req->loop, req, -ECANCELED);
 }
 
-/* The sendfile is over: report, then let the stream go on (or end). */
+/* The sendfile is over: report, then let the stream go on, or end it on
+ * a connection error (a file error or a cancel leaves it open). */
 static void finish(sendfile_req *req, int status) {
   ul_stream *s = req->stream;
+  int conn_err = req->file_error || status == -ECANCELED ? 0 : status;
   report(req, status);
-  ul__stream_sendfile_end(s, status);
+  ul__stream_sendfile_end(s, conn_err);
 }
 
 void ul__sendfile_abort(sendfile_req *req, int err) {
@@ -158,8 +161,10 @@ static ssize_t step_fallback(sendfile_req *req, int *need_read) {
   if (req->boff == req->blen) {
     uint64_t want = remaining(req);
     size_t n = want > CHUNK ? CHUNK : (size_t)want;
-    if (req->buf == NULL && (req->buf = malloc(CHUNK)) == NULL)
+    if (req->buf == NULL && (req->buf = malloc(CHUNK)) == NULL) {
+      req->file_error = 1;
       return -ENOMEM;
+    }
     do
       r = req->seekable
               ? pread(req->file, req->buf, n, req->start + (off_t)req->sent)
@@ -167,6 +172,7 @@ static ssize_t step_fallback(sendfile_req *req, int *need_read) {
     while (r == -1 && errno == EINTR);
     if (r == -1) {
       *need_read = errno == EAGAIN || errno == EWOULDBLOCK;
+      req->file_error = !*need_read;
       return -errno;
     }
     if (r == 0)
@@ -203,8 +209,10 @@ void ul__sendfile_run(sendfile_req *req) {
     }
     if (r == -EAGAIN || r == -EWOULDBLOCK) {
       err = need_read ? wait_readable(req) : wait_writable(req);
-      if (err)
+      if (err) {
+        req->file_error = need_read;
         finish(req, err);
+      }
       return;
     }
     if (r < 0) {
@@ -285,4 +293,14 @@ int ul_stream_sendfile(ul_stream *stream, int file_fd, off_t offset,
   if (r == 1)
     ul__sendfile_run(req);  /* else once the write buffer has drained */
   return 0;
+}
+
+int ul_stream_sendfile_cancel(ul_stream *stream) {
+  if (stream == NULL)
+    return -EINVAL;
+  sendfile_req *req = ul__stream_sendfile_current(stream);
+  if (req == NULL)
+    return 0;
+  finish(req, -ECANCELED);
+  return 1;
 }

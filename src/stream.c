@@ -600,6 +600,10 @@ int ul__stream_sendfile_begin(ul_stream *s, struct ul__sendfile *req) {
   return pending(s) == 0;
 }
 
+struct ul__sendfile *ul__stream_sendfile_current(const ul_stream *s) {
+  return s->sendfile;
+}
+
 void ul__stream_sendfile_end(ul_stream *s, int err) {
   s->sendfile = NULL;
   if (err != 0 && !s->lost_scheduled)

@@ -157,6 +157,8 @@ TEST_DECLARE(sendfile_pipe_fallback)
 TEST_DECLARE(sendfile_close_and_abort)
 TEST_DECLARE(sendfile_loop_close_cancels)
 TEST_DECLARE(sendfile_bad_args)
+TEST_DECLARE(sendfile_cancel)
+TEST_DECLARE(sendfile_file_error)
 
 /* test-stream.c */
 TEST_DECLARE(stream_made_before_data)
@@ -332,6 +334,8 @@ TASK_LIST_START
   TEST_ENTRY_CUSTOM(sendfile_close_and_abort, 10000)
   TEST_ENTRY(sendfile_loop_close_cancels)
   TEST_ENTRY(sendfile_bad_args)
+  TEST_ENTRY(sendfile_cancel)
+  TEST_ENTRY(sendfile_file_error)
   /* test-stream.c */
   TEST_ENTRY(stream_made_before_data)
   TEST_ENTRY(stream_read_1mb)

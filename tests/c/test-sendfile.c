@@ -477,3 +477,76 @@ TEST_IMPL(sendfile_bad_args) {
   CLOSE_LOOP(loop);
   return 0;
 }
+
+/* ul_stream_sendfile_cancel (asyncio: the awaiting task is cancelled):
+ * the callback gets -ECANCELED and what was sent, the stream stays open
+ * and writable at once. */
+TEST_IMPL(sendfile_cancel) {
+  ul_loop *loop = test_loop_new();
+  struct conn c;
+  struct peer p;
+  int sv[2];
+  size_t size = 8 * MB;
+  int fd = pattern_file(size);
+
+  setup(loop, &c, &p, sv);
+  ASSERT_EQ(1, ul_loop_remove_reader(loop, sv[1])); /* the peer stalls */
+  ASSERT_OK(ul_loop_run_once(loop, 0));
+  ASSERT_EQ(0, ul_stream_sendfile_cancel(c.s));     /* none running */
+  ASSERT_OK(sendfile_call(&c, fd, 0, 0));
+  ASSERT_OK(ul_loop_run_once(loop, 0));
+  c.in_call = 1;
+  ASSERT_EQ(1, ul_stream_sendfile_cancel(c.s));
+  ASSERT_EQ(0, ul_stream_sendfile_cancel(c.s));
+  ASSERT_OK(ul_stream_write(c.s, "tail", 4));
+  c.in_call = 0;
+  ASSERT_EQ(0, c.done);  /* the callback runs from the loop */
+  RUN_UNTIL(loop, c.done);
+  ASSERT_EQ(-ECANCELED, c.status);
+  ASSERT_GT(c.sent, 0);
+  ASSERT_LT(c.sent, size);
+  ASSERT_EQ((off_t)c.sent, file_pos(fd));
+  ASSERT_EQ(0, ul_stream_is_closing(c.s));
+  ASSERT_OK(ul_stream_close(c.s));
+  peer_start(&p, loop, sv[1]);
+  RUN_UNTIL(loop, c.lost && p.eof);
+  ASSERT_STR_EQ("MFL", c.trace);
+  ASSERT_EQ(0, c.lost_err);
+  ASSERT_EQ(c.sent + 4, p.len);
+  check_pattern(p.buf, (size_t)c.sent, 0);
+  ASSERT_EQ(0, memcmp(p.buf + c.sent, "tail", 4));
+  test_close(fd);
+  test_close(sv[1]);
+  free(p.buf);
+  CLOSE_LOOP(loop);
+  return 0;
+}
+
+/* An error reading the file (a directory: EISDIR) goes to the callback
+ * only; the connection stays open. */
+TEST_IMPL(sendfile_file_error) {
+  ul_loop *loop = test_loop_new();
+  struct conn c;
+  struct peer p;
+  int sv[2];
+  int dir = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(dir, 0);
+
+  setup(loop, &c, &p, sv);
+  ASSERT_OK(sendfile_call(&c, dir, 0, 0));
+  RUN_UNTIL(loop, c.done);
+  ASSERT_EQ(-EISDIR, c.status);
+  ASSERT_EQ(0, c.sent);
+  ASSERT_EQ(0, ul_stream_is_closing(c.s));
+  ASSERT_OK(ul_stream_write(c.s, "ok", 2));
+  ASSERT_OK(ul_stream_close(c.s));
+  RUN_UNTIL(loop, c.lost && p.eof);
+  ASSERT_STR_EQ("MFL", c.trace);
+  ASSERT_EQ(0, c.lost_err);
+  ASSERT_EQ(2, p.len);
+  test_close(dir);
+  test_close(sv[1]);
+  free(p.buf);
+  CLOSE_LOOP(loop);
+  return 0;
+}
