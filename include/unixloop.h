@@ -490,6 +490,47 @@ UL_EXTERN int ul_stream_fileno(const ul_stream *stream);
 UL_EXTERN ul_loop *ul_stream_get_loop(const ul_stream *stream);
 UL_EXTERN void *ul_stream_get_context(const ul_stream *stream);
 
+/* ---- sendfile ---------------------------------------------------------- */
+
+/* The end of a ul_stream_sendfile(): `status` is 0 (done: the whole range,
+ * or the file ended first) or a negative errno; `sent` is the number of
+ * bytes sent, also on error.  Runs on the loop, never from inside a
+ * ul_stream_* call, and before connection_lost when both are due. */
+typedef void (*ul_sendfile_cb)(ul_stream *stream, int status, uint64_t sent,
+                               void *arg);
+
+/* Sends `count` bytes (0: up to the end of the file) of `file_fd` from
+ * `offset` to the stream, as asyncio's loop.sendfile(): once the write
+ * buffer has drained, with sendfile(2), falling back to read + write where
+ * sendfile(2) cannot serve (it fails with EINVAL / ENOSYS before sending
+ * anything, or `file_fd` is not a regular file: a pipe, a socket, a
+ * character device; such a file is read from its current position, and
+ * `offset` must then be 0 unless the file can seek).  A non-blocking
+ * `file_fd` that has nothing to read is waited for on the loop.
+ * When it ends, and bytes were sent, the file's position is set to
+ * offset + sent, as asyncio does (a file that cannot seek keeps its own).
+ * While it runs, ul_stream_write() and ul_stream_writev() fail with -EBUSY,
+ * write_eof waits for its end, and ul_stream_close() lets it finish before
+ * closing; ul_stream_abort() (or the loop closing) cancels it: the callback
+ * then gets -ECANCELED.  A connection error (-EPIPE, -ECONNRESET) goes to
+ * the callback, then ends the connection as a write error does (an error
+ * reading the file only goes to the callback).  The
+ * caller keeps owning `file_fd` and must keep it open until the callback.
+ * Errors: -EINVAL (NULL stream or cb, negative fd or offset), -EBADF
+ * (file_fd not open, or not open for reading), -ESPIPE (an offset in a
+ * file that cannot seek), -EPIPE (the stream is closing, or write_eof was
+ * called, or it is read-only), -EBUSY (a sendfile is already running),
+ * -ENOMEM. */
+UL_EXTERN int ul_stream_sendfile(ul_stream *stream, int file_fd, off_t offset,
+                                 uint64_t count, ul_sendfile_cb cb, void *arg);
+
+/* Stops the sendfile running on the stream (asyncio: the task awaiting
+ * loop.sendfile() was cancelled): its callback gets -ECANCELED with the
+ * bytes sent so far, the file position is set as at its end, and the
+ * stream stays open -- writes work again at once.  Returns 1 if one was
+ * running, 0 if not.  Errors: -EINVAL (NULL). */
+UL_EXTERN int ul_stream_sendfile_cancel(ul_stream *stream);
+
 /* ------------------------------------------------------------------------ */
 /* Pipe transports                                                          */
 /* ------------------------------------------------------------------------ */

@@ -17,12 +17,16 @@ on top of the C core.
 """
 import asyncio
 import functools
+import io
+import os
 import selectors
+import stat
 import sys
 import threading
 import weakref
 import socket
-from asyncio import base_events, constants, events, futures, trsock, unix_events
+from asyncio import (base_events, constants, events, exceptions, futures,
+                     trsock, unix_events)
 
 from . import _core
 from . import _process
@@ -258,6 +262,39 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """asyncio's loop.sendfile() natively, with the transfer in C
+        (ul_stream_sendfile: it waits for the write buffer to drain)."""
+        if type(transp) is not _core.SocketTransport:
+            return await super()._sendfile_native(transp, file, offset, count)
+        # What asyncio's sock_sendfile and _sock_sendfile_native check.
+        self._check_sendfile_params(transp._sock, file, offset, count)
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or st.st_size):
+            return 0  # asyncio's "empty file"
+        if not stat.S_ISREG(st.st_mode):
+            # os.sendfile fails there: asyncio falls back to file.readinto.
+            raise exceptions.SendfileNotAvailableError(
+                "os.sendfile call failed")
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        try:
+            return await transp._sendfile(fileno, offset, count or 0)
+        finally:
+            transp._sendfile_end()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[fd] = transp
 
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.
