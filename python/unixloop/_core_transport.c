@@ -825,7 +825,7 @@ static PyObject *sendfile_exception(int status, uint64_t sent) {
     Py_XDECREF(cls);
     return exc;
   }
-  return exception_from_errno(status);
+  return ulpy_exception_from_errno(status);
 }
 
 /* The end of ul_stream_sendfile: `arg` is the future (a reference). */
