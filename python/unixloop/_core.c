@@ -1480,6 +1480,8 @@ static int core_exec(PyObject *mod) {
       ulpy_dgram_exec(mod, st) < 0 ||
       ulpy_pipe_exec(mod, st) < 0)
     return -1;
+  if (ulpy_process_exec(mod, st) < 0)
+    return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
       PyModule_AddType(mod, st->LoopType) < 0)
@@ -1500,6 +1502,7 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->DgramType);
   Py_VISIT(st->ReadPipeType);
   Py_VISIT(st->WritePipeType);
+  Py_VISIT(st->ChildProcessType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1516,6 +1519,7 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->DgramType);
   Py_CLEAR(st->ReadPipeType);
   Py_CLEAR(st->WritePipeType);
+  Py_CLEAR(st->ChildProcessType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);

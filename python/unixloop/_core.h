@@ -32,6 +32,7 @@ typedef struct {
   PyTypeObject *DgramType;     /* _core_dgram.c */
   PyTypeObject *ReadPipeType;  /* _core_pipe.c */
   PyTypeObject *WritePipeType;
+  PyTypeObject *ChildProcessType; /* _core_process.c */
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -129,6 +130,9 @@ int ulpy_pipe_exec(PyObject *mod, core_state *st);
 
 /* _core_dgram.c */
 int ulpy_dgram_exec(PyObject *mod, core_state *st);
+
+/* _core_process.c */
+int ulpy_process_exec(PyObject *mod, core_state *st);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

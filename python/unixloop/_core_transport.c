@@ -49,6 +49,7 @@ typedef struct {
   int eof;
   char orphaned;            /* the loop closed with the stream open */
   char orphan_closing;      /* close() called after that */
+  int in_sendfile;          /* between _sendfile() and _sendfile_end() */
 } TransportObj;
 
 /* ---- calling the protocol --------------------------------------------------- */
@@ -612,7 +613,7 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
     return NULL;
   }
-  if (t->empty_waiter != NULL) {
+  if (t->empty_waiter != NULL || t->in_sendfile) {
     PyErr_SetString(PyExc_RuntimeError,
                     "unable to write; sendfile is in progress");
     return NULL;
@@ -782,6 +783,88 @@ static PyObject *Transport_reset_empty_waiter(TransportObj *t,
   Py_RETURN_NONE;
 }
 
+/* ---- loop.sendfile() natively: ul_stream_sendfile ---------------------- */
+
+/* What asyncio's _sock_sendfile_native_impl raises: an error before the
+ * first byte means "use the fallback"; a connection closed under the
+ * sendfile is a ConnectionError (as the empty waiter's). */
+static PyObject *sendfile_exception(int status, uint64_t sent) {
+  if (status == -ECANCELED)
+    return PyObject_CallFunction(PyExc_ConnectionError, "s",
+                                 "Connection is closed by peer");
+  if (sent == 0) {
+    PyObject *mod = PyImport_ImportModule("asyncio.exceptions");
+    PyObject *cls = mod ? PyObject_GetAttrString(mod, "SendfileNotAvailableError")
+                        : NULL;
+    Py_XDECREF(mod);
+    PyObject *exc = cls ? PyObject_CallFunction(cls, "s",
+                                                "os.sendfile call failed")
+                        : NULL;
+    Py_XDECREF(cls);
+    return exc;
+  }
+  return ulpy_exception_from_errno(status);
+}
+
+/* The end of ul_stream_sendfile: `arg` is the future (a reference). */
+static void on_sendfile_done(ul_stream *stream, int status, uint64_t sent,
+                             void *arg) {
+  PyObject *fut = arg, *r;
+  (void)stream;
+  r = PyObject_CallMethod(fut, "done", NULL);
+  int done = r ? PyObject_IsTrue(r) : -1;
+  Py_XDECREF(r);
+  if (done == 0) {
+    if (status == 0) {
+      r = PyObject_CallMethod(fut, "set_result", "(K)",
+                              (unsigned long long)sent);
+    } else {
+      PyObject *exc = sendfile_exception(status, sent);
+      r = exc ? PyObject_CallMethod(fut, "set_exception", "(O)", exc) : NULL;
+      Py_XDECREF(exc);
+    }
+    Py_XDECREF(r);
+  }
+  if (PyErr_Occurred())
+    PyErr_WriteUnraisable(fut);
+  Py_DECREF(fut);
+}
+
+/* _sendfile(fileno, offset, count) -> a future of the bytes sent; count 0
+ * is up to the end of the file.  Writes are refused until _sendfile_end(). */
+static PyObject *Transport_sendfile(TransportObj *t, PyObject *args) {
+  int fd;
+  long long offset;
+  unsigned long long count;
+  if (!PyArg_ParseTuple(args, "iLK", &fd, &offset, &count))
+    return NULL;
+  if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
+    PyErr_SetString(PyExc_RuntimeError, "Transport is closing");
+    return NULL;
+  }
+  PyObject *fut = ulpy_create_future(t->loop);
+  if (fut == NULL)
+    return NULL;
+  int err = ul_stream_sendfile(t->stream, fd, (off_t)offset, count,
+                               on_sendfile_done, fut);
+  if (err < 0) {
+    Py_DECREF(fut);
+    return ulpy_raise_errno(err);
+  }
+  t->in_sendfile = 1;
+  return Py_NewRef(fut); /* the other reference is the callback's */
+}
+
+/* Stops a sendfile still running (the awaiting task was cancelled) and
+ * allows writes again. */
+static PyObject *Transport_sendfile_end(TransportObj *t,
+                                        PyObject *Py_UNUSED(ignored)) {
+  t->in_sendfile = 0;
+  if (t->stream != NULL)
+    (void)ul_stream_sendfile_cancel(t->stream);
+  Py_RETURN_NONE;
+}
+
 static PyObject *Transport_get_protocol(TransportObj *t,
                                         PyObject *Py_UNUSED(ignored)) {
   return Py_NewRef(t->protocol ? t->protocol : Py_None);
@@ -862,6 +945,9 @@ static PyMethodDef Transport_methods[] = {
     {"_reset_empty_waiter", (PyCFunction)Transport_reset_empty_waiter,
      METH_NOARGS, NULL},
     {"set_protocol", (PyCFunction)Transport_set_protocol, METH_O, NULL},
+    {"_sendfile", (PyCFunction)Transport_sendfile, METH_VARARGS, NULL},
+    {"_sendfile_end", (PyCFunction)Transport_sendfile_end, METH_NOARGS,
+     NULL},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Transport_getset[] = {

@@ -209,10 +209,28 @@ def _gen_test_subprocess(mod, tu):
             super().setUp()
             self.loop = loop_factory()
             self.set_event_loop(self.loop)
-    return [UnixloopSubprocessTests], [
-        'SubprocessThreadedWatcherTests', 'SubprocessMultiLoopWatcherTests',
-        'SubprocessSafeWatcherTests', 'SubprocessFastWatcherTests',
-        'SubprocessPidfdWatcherTests', 'SubprocessProactorTests']
+    generated = [UnixloopSubprocessTests]
+    # And with each of asyncio's child watchers set on the policy, as the
+    # module's own classes do (the module's skips are inherited).
+    replaced = ['SubprocessThreadedWatcherTests',
+                'SubprocessMultiLoopWatcherTests',
+                'SubprocessSafeWatcherTests', 'SubprocessFastWatcherTests',
+                'SubprocessPidfdWatcherTests']
+    for name in replaced:
+        base = getattr(mod, name, None)
+        if base is None:
+            continue
+
+        def setUp(self):
+            import asyncio
+            tu.TestCase.setUp(self)
+            self.loop = loop_factory()
+            self.set_event_loop(self.loop)
+            watcher = self.Watcher()
+            watcher.attach_loop(self.loop)
+            asyncio.get_event_loop_policy().set_child_watcher(watcher)
+        generated.append(type('Unixloop' + name, (base,), {'setUp': setUp}))
+    return generated, replaced + ['SubprocessProactorTests']
 
 
 def _gen_test_server(mod, tu):
