@@ -1148,6 +1148,31 @@ void ulpy_transport_release(LoopObj *loop, PyObject *transport) {
   PyErr_Restore(type, v, tb);
 }
 
+void ulpy_warn_unclosed(PyObject *transport) {
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PyErr_ResourceWarning(transport, 1, "unclosed transport %R",
+                            transport) < 0)
+    PyErr_WriteUnraisable(transport);
+  PyErr_Restore(type, v, tb);
+}
+
+void ulpy_close_quietly(PyObject *transport, PyObject *fileobj) {
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *r = PyObject_CallMethod(fileobj, "close", NULL);
+  if (r == NULL)
+    PyErr_WriteUnraisable(transport);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
+PyObject *ulpy_orphan_close(LoopObj *loop, int *closing) {
+  *closing = 1;
+  ulpy_check_closed(loop);
+  return NULL;
+}
+
 /* After ul_loop_close(): drop the references of the transports it ended
  * (collected now unless the program holds them: "unclosed transport"). */
 static void release_transports(LoopObj *self) {

@@ -104,6 +104,14 @@ int ulpy_transport_exec(PyObject *mod, core_state *st);
  * collected so warns "unclosed transport" (ResourceWarning), as asyncio's. */
 int ulpy_transport_hold(LoopObj *loop, PyObject *transport);
 void ulpy_transport_release(LoopObj *loop, PyObject *transport);
+/* A transport's finalizer, as asyncio's __del__: warn "unclosed transport
+ * <repr>" (ResourceWarning), then (the C side stopped) close its socket or
+ * pipe object.  Both keep the current exception. */
+void ulpy_warn_unclosed(PyObject *transport);
+void ulpy_close_quietly(PyObject *transport, PyObject *fileobj);
+/* close() / abort() of a transport whose loop closed under it: asyncio's
+ * raise RuntimeError('Event loop is closed'); it counts as closing. */
+PyObject *ulpy_orphan_close(LoopObj *loop, int *closing);
 /* Helpers of every transport type: a fatal exception kept aside for the
  * loop; call_exception_handler with a transport's context; the current
  * exception reported that way. */

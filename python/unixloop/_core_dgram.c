@@ -489,19 +489,11 @@ static int Dgram_clear(DgramObj *t) {
 static void Dgram_finalize(DgramObj *t) {
   if (t->sock == NULL || (t->dgram == NULL && !t->orphaned))
     return;
-  PyObject *type, *v, *tb;
-  PyErr_Fetch(&type, &v, &tb);
-  if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R",
-                            (PyObject *)t) < 0)
-    PyErr_WriteUnraisable((PyObject *)t);
+  ulpy_warn_unclosed((PyObject *)t);
   if (t->dgram != NULL)
     ul_dgram_abort(t->dgram); /* its loop is garbage too: stop watching */
   t->orphaned = 0;            /* warn once */
-  PyObject *r = PyObject_CallMethod(t->sock, "close", NULL);
-  if (r == NULL)
-    PyErr_WriteUnraisable((PyObject *)t);
-  Py_XDECREF(r);
-  PyErr_Restore(type, v, tb);
+  ulpy_close_quietly((PyObject *)t, t->sock);
 }
 
 static void Dgram_dealloc(DgramObj *t) {
@@ -673,17 +665,9 @@ done:
   return result;
 }
 
-/* close() or abort() after the loop closed: asyncio's raise when they
- * schedule connection_lost, and the transport counts as closing. */
-static PyObject *orphan_close(DgramObj *t) {
-  t->orphan_closing = 1;
-  ulpy_check_closed(t->loop);
-  return NULL;
-}
-
 static PyObject *Dgram_close(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned && !t->orphan_closing)
-    return orphan_close(t);
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   if (t->dgram != NULL && !ul_dgram_is_closing(t->dgram)) {
     t->conn_lost += ul_dgram_get_write_buffer_size(t->dgram) == 0;
     ul_dgram_close(t->dgram);
@@ -694,7 +678,7 @@ static PyObject *Dgram_close(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
 static PyObject *Dgram_abort(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned && !t->conn_lost) {
     t->conn_lost++;
-    return orphan_close(t);
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   }
   if (t->dgram != NULL && !t->conn_lost) {
     t->conn_lost++;

@@ -47,8 +47,8 @@ typedef struct {
   int fd;
   int conn_lost;
   int eof;
-  char orphaned;            /* the loop closed with the stream open */
-  char orphan_closing;      /* close() called after that */
+  int orphaned;             /* the loop closed with the stream open */
+  int orphan_closing;       /* close() called after that */
   int in_sendfile;          /* between _sendfile() and _sendfile_end() */
 } TransportObj;
 
@@ -571,19 +571,11 @@ static int Transport_clear(TransportObj *t) {
 static void Transport_finalize(TransportObj *t) {
   if (t->sock == NULL || (t->stream == NULL && !t->orphaned))
     return;
-  PyObject *type, *v, *tb;
-  PyErr_Fetch(&type, &v, &tb);
-  if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R",
-                            (PyObject *)t) < 0)
-    PyErr_WriteUnraisable((PyObject *)t);
+  ulpy_warn_unclosed((PyObject *)t);
   if (t->stream != NULL)
     ul_stream_abort(t->stream); /* stop watching the fd before closing it */
   t->orphaned = 0;              /* warn once */
-  PyObject *r = PyObject_CallMethod(t->sock, "close", NULL);
-  if (r == NULL)
-    PyErr_WriteUnraisable((PyObject *)t);
-  Py_XDECREF(r);
-  PyErr_Restore(type, v, tb);
+  ulpy_close_quietly((PyObject *)t, t->sock);
 }
 
 static void Transport_dealloc(TransportObj *t) {
@@ -657,18 +649,10 @@ static PyObject *Transport_can_write_eof(TransportObj *t,
   Py_RETURN_TRUE;
 }
 
-/* close() or abort() after the loop closed: asyncio's raise when they
- * schedule connection_lost, and the transport counts as closing. */
-static PyObject *orphan_close(TransportObj *t) {
-  t->orphan_closing = 1;
-  ulpy_check_closed(t->loop);
-  return NULL;
-}
-
 static PyObject *Transport_close(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned && !t->orphan_closing)
-    return orphan_close(t);
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   if (t->stream != NULL && !ul_stream_is_closing(t->stream)) {
     ul_stream_close(t->stream);
     t->conn_lost += ul_stream_get_write_buffer_size(t->stream) == 0;
@@ -680,7 +664,7 @@ static PyObject *Transport_abort(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned && !t->conn_lost) {
     t->conn_lost++;
-    return orphan_close(t);
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   }
   if (t->stream != NULL && !t->conn_lost) {
     t->conn_lost++;

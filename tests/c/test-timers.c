@@ -38,11 +38,17 @@ TEST_IMPL(timer_order_by_deadline) {
   ul_loop *loop = test_loop_new();
 
   norder = 0;
-  ASSERT_OK(ul_loop_call_later(loop, 0.030, rec_cb, (void *)(intptr_t)3, NULL));
-  ASSERT_OK(ul_loop_call_later(loop, 0.010, rec_cb, (void *)(intptr_t)1, NULL));
-  ASSERT_OK(ul_loop_call_later(loop, 0.040, rec_stop_cb, (void *)(intptr_t)4,
-                               NULL));
-  ASSERT_OK(ul_loop_call_later(loop, 0.020, rec_cb, (void *)(intptr_t)2, NULL));
+  /* Deadlines from one clock reading: call_later's would drift apart on a
+   * loaded machine (more than 10 ms between two calls reorders them). */
+  double now = ul_loop_time(loop);
+  ASSERT_OK(ul_loop_call_at(loop, now + 0.030, rec_cb, (void *)(intptr_t)3,
+                            NULL));
+  ASSERT_OK(ul_loop_call_at(loop, now + 0.010, rec_cb, (void *)(intptr_t)1,
+                            NULL));
+  ASSERT_OK(ul_loop_call_at(loop, now + 0.040, rec_stop_cb,
+                            (void *)(intptr_t)4, NULL));
+  ASSERT_OK(ul_loop_call_at(loop, now + 0.020, rec_cb, (void *)(intptr_t)2,
+                            NULL));
   ASSERT_EQ(4, ul_loop_timer_count(loop));
   ASSERT_OK(ul_loop_run(loop));
   ASSERT_EQ(4, norder);
