@@ -422,6 +422,25 @@ UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
 UL_EXTERN int ul_stream_writev(ul_stream *stream, const struct iovec *iov,
                                int iovcnt);
 
+/* Gives back a buffer queued by ul_stream_write_ref(). */
+typedef void (*ul_release_cb)(void *arg);
+
+/* As ul_stream_write(), but what the kernel does not take at once is
+ * queued by reference, not copied: `data` must stay valid and unchanged
+ * until `release(arg)` is called.  For large immutable buffers (the Python
+ * binding passes bytes objects).  When bytes queued by ul_stream_write()
+ * are still waiting, the rest is copied instead (so that nothing overtakes
+ * them).
+ * Returns 1 when the stream kept the reference: release(arg) is then called
+ * exactly once, on the loop's thread, when the stream is done with the
+ * bytes (sent, dropped by abort or an error, or the loop closed) -- which
+ * may be before this returns.  Returns 0 when it did not (all written, or
+ * copied): release is never called.
+ * Errors: as ul_stream_write(), and -EINVAL for a NULL release. */
+UL_EXTERN int ul_stream_write_ref(ul_stream *stream, const void *data,
+                                  size_t len, ul_release_cb release,
+                                  void *arg);
+
 /* Closes the write side once the buffer is flushed (shutdown(SHUT_WR)).
  * Errors: -EINVAL, -ENOTSUP (the fd cannot half-close, e.g. a pipe). */
 UL_EXTERN int ul_stream_write_eof(ul_stream *stream);
@@ -470,6 +489,94 @@ UL_EXTERN int ul_stream_release_fd(ul_stream *stream);
 UL_EXTERN int ul_stream_fileno(const ul_stream *stream);
 UL_EXTERN ul_loop *ul_stream_get_loop(const ul_stream *stream);
 UL_EXTERN void *ul_stream_get_context(const ul_stream *stream);
+
+/* ---- sendfile ---------------------------------------------------------- */
+
+/* The end of a ul_stream_sendfile(): `status` is 0 (done: the whole range,
+ * or the file ended first) or a negative errno; `sent` is the number of
+ * bytes sent, also on error.  Runs on the loop, never from inside a
+ * ul_stream_* call, and before connection_lost when both are due. */
+typedef void (*ul_sendfile_cb)(ul_stream *stream, int status, uint64_t sent,
+                               void *arg);
+
+/* Sends `count` bytes (0: up to the end of the file) of `file_fd` from
+ * `offset` to the stream, as asyncio's loop.sendfile(): once the write
+ * buffer has drained, with sendfile(2), falling back to read + write where
+ * sendfile(2) cannot serve (it fails with EINVAL / ENOSYS before sending
+ * anything, or `file_fd` is not a regular file: a pipe, a socket, a
+ * character device; such a file is read from its current position, and
+ * `offset` must then be 0 unless the file can seek).  A non-blocking
+ * `file_fd` that has nothing to read is waited for on the loop.
+ * When it ends, and bytes were sent, the file's position is set to
+ * offset + sent, as asyncio does (a file that cannot seek keeps its own).
+ * While it runs, ul_stream_write() and ul_stream_writev() fail with -EBUSY,
+ * write_eof waits for its end, and ul_stream_close() lets it finish before
+ * closing; ul_stream_abort() (or the loop closing) cancels it: the callback
+ * then gets -ECANCELED.  A connection error (-EPIPE, -ECONNRESET) goes to
+ * the callback, then ends the connection as a write error does (an error
+ * reading the file only goes to the callback).  The
+ * caller keeps owning `file_fd` and must keep it open until the callback.
+ * Errors: -EINVAL (NULL stream or cb, negative fd or offset), -EBADF
+ * (file_fd not open, or not open for reading), -ESPIPE (an offset in a
+ * file that cannot seek), -EPIPE (the stream is closing, or write_eof was
+ * called, or it is read-only), -EBUSY (a sendfile is already running),
+ * -ENOMEM. */
+UL_EXTERN int ul_stream_sendfile(ul_stream *stream, int file_fd, off_t offset,
+                                 uint64_t count, ul_sendfile_cb cb, void *arg);
+
+/* Stops the sendfile running on the stream (asyncio: the task awaiting
+ * loop.sendfile() was cancelled): its callback gets -ECANCELED with the
+ * bytes sent so far, the file position is set as at its end, and the
+ * stream stays open -- writes work again at once.  Returns 1 if one was
+ * running, 0 if not.  Errors: -EINVAL (NULL). */
+UL_EXTERN int ul_stream_sendfile_cancel(ul_stream *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Pipe transports                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* asyncio's read and write pipe transports (connect_read_pipe,
+ * connect_write_pipe, a subprocess's stdin / stdout / stderr) over a pipe
+ * end, a socket or a character device such as a PTY.  A pipe transport is
+ * a ul_stream of a pipe kind: the ul_stream_* functions work on it, with
+ * the differences written here, and the rules of ul_stream_open (ownership,
+ * when callbacks run, freeing after connection_lost) hold.
+ *
+ * On success the transport takes the fd (sets it non-blocking, closes it
+ * when the connection is lost unless ul_stream_release_fd() was called).
+ * On error the fd is left open and stays the caller's (asyncio raises and
+ * leaves the pipe to its owner).  Writing to a pipe whose reader went away
+ * raises SIGPIPE unless it is ignored (CPython ignores it); sockets use
+ * MSG_NOSIGNAL. */
+
+/* A read pipe: reads as a stream does (data_received or a buffered
+ * protocol, pause / resume reading).  At EOF eof_received runs (its return
+ * value is ignored) and then connection_lost(0): a read pipe never stays
+ * half-open.  A read error ends it with connection_lost(-errno), e.g. -EIO
+ * from a PTY whose other side was closed.  Writes return -EPIPE,
+ * ul_stream_write_eof() -ENOTSUP.
+ * Errors: -EINVAL (NULL argument, no data callback, or an fd that is not a
+ * FIFO, socket or character device: a regular file, a directory...),
+ * -EBADF (fd not open), -ENOMEM, -ESHUTDOWN (the loop is being closed). */
+UL_EXTERN int ul_pipe_open_read(ul_loop *loop, int fd,
+                                const ul_stream_protocol *protocol, void *ctx,
+                                ul_stream **stream_out);
+
+/* A write pipe: writes, the write buffer and its water marks
+ * (pause_writing / resume_writing) as a stream's; data_received and
+ * get_buffer are not needed.  On a FIFO or a socket the fd is watched for
+ * the reader going away: connection_lost(-EPIPE) if bytes were still
+ * queued (they are dropped), connection_lost(0) if none were, as asyncio.
+ * A write that fails ends it with connection_lost(-errno) (-EPIPE when the
+ * reader went away, -EIO for a PTY whose other side closed...).
+ * ul_stream_write_eof() is ul_stream_close(): flush, then close the fd,
+ * which is the reader's EOF (ul_stream_can_write_eof() is 1).
+ * ul_stream_pause_reading() / resume_reading() return -ENOTSUP and
+ * ul_stream_is_reading() is 0.
+ * Errors: as ul_pipe_open_read(), except that no data callback is needed. */
+UL_EXTERN int ul_pipe_open_write(ul_loop *loop, int fd,
+                                 const ul_stream_protocol *protocol,
+                                 void *ctx, ul_stream **stream_out);
 
 /* ------------------------------------------------------------------------ */
 /* Connecting and listening: TCP and UNIX-domain stream sockets            */
@@ -692,6 +799,193 @@ UL_EXTERN int ul_dgram_socket(int family, const struct sockaddr *local,
                               socklen_t local_len,
                               const struct sockaddr *remote,
                               socklen_t remote_len, unsigned flags);
+
+/* ------------------------------------------------------------------------ */
+/* Spawning processes                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* What a child's stdin / stdout / stderr is. */
+typedef enum ul_stdio_mode {
+  UL_STDIO_INHERIT = 0,  /* the parent's own fd 0 / 1 / 2 */
+  UL_STDIO_PIPE = 1,     /* a new pipe; the parent's end (non-blocking,
+                            close-on-exec) is returned by ul_spawn */
+  UL_STDIO_DEVNULL = 2,  /* /dev/null */
+  UL_STDIO_FD = 3,       /* the fd in ul_stdio.fd (the caller keeps it) */
+  UL_STDIO_STDOUT = 4    /* stderr only: the same as the child's stdout */
+} ul_stdio_mode;
+
+typedef struct ul_stdio {
+  ul_stdio_mode mode;
+  int fd;                /* UL_STDIO_FD only */
+} ul_stdio;
+
+/* ul_spawn_options.flags: each flag turns on one option. */
+enum ul_spawn_flags {
+  UL_SPAWN_CLOSE_FDS = 1,         /* close every fd >= 3 but pass_fds */
+  UL_SPAWN_NEW_SESSION = 2,       /* setsid() */
+  UL_SPAWN_PROCESS_GROUP = 4,     /* setpgid(0, process_group) */
+  UL_SPAWN_UMASK = 8,             /* umask(umask) */
+  UL_SPAWN_SETUID = 16,           /* setresuid(uid, uid, uid) */
+  UL_SPAWN_SETGID = 32,           /* setresgid(gid, gid, gid) */
+  UL_SPAWN_SETGROUPS = 64,        /* setgroups(ngroups, groups) */
+  UL_SPAWN_RESTORE_SIGNALS = 128  /* SIGPIPE and SIGXFSZ back to SIG_DFL
+                                     (Python's restore_signals) */
+};
+
+/* How to start a child.  Zero-initialise, then set what you need. */
+typedef struct ul_spawn_options {
+  /* The program: a path, or a name looked up in $PATH (the PATH of `envp`
+   * when it has one, else the parent's) when it has no '/'.  NULL means
+   * argv[0]. */
+  const char *file;
+  char *const *argv;        /* NULL-terminated, at least argv[0] */
+  char *const *envp;        /* NULL-terminated; NULL: the parent's environ */
+  const char *cwd;          /* NULL: the parent's */
+  ul_stdio stdio[3];
+  unsigned flags;           /* ul_spawn_flags */
+  const int *pass_fds;      /* fds the child keeps (made inheritable) */
+  size_t npass_fds;
+  pid_t process_group;      /* UL_SPAWN_PROCESS_GROUP */
+  mode_t umask;             /* UL_SPAWN_UMASK */
+  uid_t uid;                /* UL_SPAWN_SETUID */
+  gid_t gid;                /* UL_SPAWN_SETGID */
+  const gid_t *groups;      /* UL_SPAWN_SETGROUPS */
+  size_t ngroups;
+} ul_spawn_options;
+
+/* Where a failed ul_spawn failed (ul_spawn_result.failed_step). */
+enum ul_spawn_step {
+  UL_SPAWN_STEP_PARENT = 0,  /* in the parent: bad options, no fds, ... */
+  UL_SPAWN_STEP_SETUP = 1,   /* in the child, before exec (cwd, setuid,
+                                dup2, ...) */
+  UL_SPAWN_STEP_EXEC = 2     /* exec itself (ENOENT, EACCES, ENOEXEC, ...) */
+};
+
+typedef struct ul_spawn_result {
+  pid_t pid;
+  int stdio_fds[3];   /* the parent's end of each UL_STDIO_PIPE, else -1:
+                         stdin's is the write end, the others the read end.
+                         The caller owns them. */
+  int pidfd;          /* a pidfd of the child (close-on-exec) when asked for
+                         with ul_spawn_pidfd(), else -1; the caller owns it */
+  int failed_step;    /* on error: an ul_spawn_step */
+} ul_spawn_result;
+
+/* Starts a child without copying the parent's memory
+ * (clone(CLONE_VM | CLONE_VFORK) with a small stack of its own), so the
+ * cost does not grow with the parent's heap.  In the child: every signal
+ * handler the parent installed is reset to SIG_DFL (ignored signals stay
+ * ignored unless UL_SPAWN_RESTORE_SIGNALS), the parent's signal mask is
+ * kept, then in this order: setsid / setpgid, stdio, cwd, umask, groups,
+ * gid, uid, close_fds / pass_fds, exec.  Returns once the child has called
+ * exec (or failed).  The child is the caller's to reap.
+ * Errors: -EINVAL (NULL options or result, no argv[0], bad stdio), the
+ * parent's errors (-EMFILE, -ENOMEM, -EAGAIN), and the child's: exec's
+ * (-ENOENT, -EACCES, -ENOEXEC, ...) with failed_step UL_SPAWN_STEP_EXEC, or
+ * a setup step's (-ENOENT for a missing cwd, -EPERM for setuid, ...) with
+ * UL_SPAWN_STEP_SETUP.  A child that failed is reaped before this returns,
+ * and nothing is left open. */
+UL_EXTERN int ul_spawn(const ul_spawn_options *options,
+                       ul_spawn_result *result);
+
+/* As ul_spawn(), also returning a pidfd for the child in result->pidfd
+ * (CLONE_PIDFD, or pidfd_open() on kernels without it; -1 where neither
+ * works). */
+UL_EXTERN int ul_spawn_pidfd(const ul_spawn_options *options,
+                             ul_spawn_result *result);
+
+/* ------------------------------------------------------------------------ */
+/* Processes and child watchers                                             */
+/* ------------------------------------------------------------------------ */
+
+/* A child process watched by a loop.  Opaque; see ul_process_close() for
+ * when it is freed. */
+typedef struct ul_process ul_process;
+
+/* The child exited: `returncode` is its exit status (0..255), or minus the
+ * number of the signal that killed it (-9 for SIGKILL), or 255 when it was
+ * reaped by other code (the loop's error handler is told), or -ECANCELED
+ * (-125) when the loop was closed first.  Called once, on the loop; the
+ * process stays valid until ul_process_close(). */
+typedef void (*ul_exit_cb)(ul_process *process, int returncode, void *arg);
+
+/* How a loop learns that its children exited (ul_loop_set_child_watcher).
+ * The watchers of the seed (asyncio's unix_events.py): */
+typedef enum ul_child_watcher {
+  UL_WATCHER_DEFAULT = 0,  /* pidfd where the kernel has it, else thread */
+  UL_WATCHER_PIDFD = 1,    /* a pidfd per child on the loop's poller: O(1)
+                              per exit, no signal handler, no thread */
+  UL_WATCHER_SAFE = 2,     /* SIGCHLD, then waitpid(pid) for each child of
+                              the loop: O(n) per SIGCHLD */
+  UL_WATCHER_FAST = 3,     /* SIGCHLD, then waitpid(-1): O(1) per exit, but
+                              it reaps every child of the process, also the
+                              ones other code started (they are reported as
+                              "unknown"); a child that exits before it is
+                              registered is kept and reported when it is */
+  UL_WATCHER_THREAD = 4,   /* a thread per child blocked in waitpid(pid) */
+  UL_WATCHER_MULTI = 5     /* SIGCHLD on any loop that has children reaps
+                              (waitpid(pid)) the children of every loop
+                              watched this way, in any thread, and passes
+                              each exit to its own loop: children of loops
+                              that are not running are reaped anyway */
+} ul_child_watcher;
+
+/* Selects how the loop watches the children it starts from now on.
+ * SAFE, FAST and MULTI add a SIGCHLD handler to the loop (see Signals).
+ * Errors: -EINVAL (NULL loop, unknown watcher), -ENOSYS (PIDFD on a kernel
+ * without pidfd_open), -EBUSY (the loop watches children). */
+UL_EXTERN int ul_loop_set_child_watcher(ul_loop *loop,
+                                        ul_child_watcher watcher);
+
+/* The watcher in use (never UL_WATCHER_DEFAULT). */
+UL_EXTERN ul_child_watcher ul_loop_get_child_watcher(const ul_loop *loop);
+
+/* Spawns a child (ul_spawn) and watches it: `cb` runs once on the loop when
+ * it has exited (its status reaped).  On success stores the process in
+ * *process_out and the parent's pipe ends in stdio_fds (may be NULL when no
+ * stdio is UL_STDIO_PIPE; the caller owns them).  When it fails nothing is
+ * started and `cb` is never called; *failed_step (may be NULL) tells where.
+ * Errors: those of ul_spawn, -EINVAL (NULL loop, cb or process_out),
+ * -ESHUTDOWN (the loop is being closed), -ENOMEM. */
+UL_EXTERN int ul_process_spawn(ul_loop *loop, const ul_spawn_options *options,
+                               ul_exit_cb cb, void *arg,
+                               ul_process **process_out, int stdio_fds[3],
+                               int *failed_step);
+
+/* Watches a child started by other code (it must be a child of this
+ * process, not yet reaped).  Errors: -EINVAL, -ESHUTDOWN, -ENOMEM, -ESRCH
+ * (pidfd watcher: no such process). */
+UL_EXTERN int ul_process_watch(ul_loop *loop, pid_t pid, ul_exit_cb cb,
+                               void *arg, ul_process **process_out);
+
+UL_EXTERN pid_t ul_process_pid(const ul_process *process);
+
+/* 1 once the exit callback has run (or is running), else 0. */
+UL_EXTERN int ul_process_exited(const ul_process *process);
+
+/* The returncode given to the exit callback; meaningful once
+ * ul_process_exited() is 1. */
+UL_EXTERN int ul_process_returncode(const ul_process *process);
+
+/* Sends a signal (pidfd_send_signal when the process has a pidfd, so a
+ * recycled pid is never hit).  Errors: -EINVAL (NULL, bad signal), -ESRCH
+ * (the child has exited: its status was reaped), -EPERM. */
+UL_EXTERN int ul_process_send_signal(ul_process *process, int signum);
+UL_EXTERN int ul_process_terminate(ul_process *process);  /* SIGTERM */
+UL_EXTERN int ul_process_kill(ul_process *process);       /* SIGKILL */
+
+/* Releases the process: its exit callback will not run after this returns.
+ * A child still running is not signalled; it stays watched (by a reaper
+ * thread if its loop closes first) and is reaped when it exits, so no
+ * zombie is left.  The pointer is invalid afterwards.  May be called from
+ * the exit callback.  ul_loop_close() calls the exit callback of processes
+ * still running with -ECANCELED and then frees them: do not call
+ * ul_process_close() after that.  Errors: -EINVAL. */
+UL_EXTERN int ul_process_close(ul_process *process);
+
+/* The loop and the arg given at spawn / watch. */
+UL_EXTERN ul_loop *ul_process_get_loop(const ul_process *process);
+UL_EXTERN void *ul_process_get_arg(const ul_process *process);
 
 #ifdef __cplusplus
 }

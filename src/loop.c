@@ -225,6 +225,7 @@ int ul_loop_close(ul_loop *loop) {
   ul__streams_close_all(loop);
   ul__dgrams_close_all(loop);
   ul__net_close_all(loop);
+  ul__processes_close_all(loop);
 
   ul_loop_remove_reader(loop, loop->wake_fd);
   close(loop->wake_fd);
