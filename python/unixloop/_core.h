@@ -101,6 +101,11 @@ void ulpy_transport_call_handler(LoopObj *loop, PyObject *transport,
 void ulpy_transport_report(LoopObj *loop, PyObject *transport,
                            PyObject *protocol, const char *message);
 PyObject *ulpy_exception_from_errno(int err);
+/* A write after the connection was lost or closed: dropped, counted in
+ * *conn_lost, and from the fifth on logged by _helpers.<warn_helper>() as
+ * asyncio does.  -1 with an exception set if logging failed. */
+int ulpy_transport_drop_write(LoopObj *loop, int *conn_lost,
+                              const char *warn_helper);
 /* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once
  * the connection is lost). */
 PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream);

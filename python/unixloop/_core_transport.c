@@ -278,6 +278,19 @@ static void fail_empty_waiter(TransportObj *t) {
     PyErr_WriteUnraisable((PyObject *)t);
 }
 
+int ulpy_transport_drop_write(LoopObj *loop, int *conn_lost,
+                              const char *warn_helper) {
+  if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+    PyObject *f = ulpy_helper(loop->st, warn_helper);
+    PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
+    if (r == NULL)
+      return -1;
+    Py_DECREF(r);
+  }
+  (*conn_lost)++;
+  return 0;
+}
+
 PyObject *ulpy_exception_from_errno(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
 }
@@ -492,14 +505,9 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
   }
   if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_transport_drop_write(t->loop, &t->conn_lost,
+                                  "warn_send_after_close") < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
