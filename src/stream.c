@@ -72,6 +72,7 @@ struct ul_stream {
   unsigned no_hangup_watch : 1; /* write pipe on a character device: no
                                    reader watch for the peer going away */
   int lost_err;
+  struct ul__sendfile *sendfile;  /* a ul_stream_sendfile() running */
 };
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -140,6 +141,11 @@ static void lost_cb(ul_loop *loop, void *arg, int status) {
 void ul__streams_close_all(ul_loop *loop) {
   while (loop->streams != NULL) {
     ul_stream *s = loop->streams;
+    if (s->sendfile != NULL) {
+      struct ul__sendfile *req = s->sendfile;
+      s->sendfile = NULL;
+      ul__sendfile_abort(req, -ECANCELED);
+    }
     s->closing = 1;
     s->lost_scheduled = 1; /* nothing may schedule it again */
     if (s->made && s->proto->connection_lost != NULL)
@@ -152,6 +158,12 @@ void ul__streams_close_all(ul_loop *loop) {
 
 /* Schedules connection_lost once; stops all I/O now. */
 static void schedule_lost(ul_stream *s, int err) {
+  if (s->sendfile != NULL) {
+    /* Stopped now; its callback runs before connection_lost. */
+    struct ul__sendfile *req = s->sendfile;
+    s->sendfile = NULL;
+    ul__sendfile_abort(req, err != 0 ? err : -ECANCELED);
+  }
   if (s->reader_on) {
     ul_loop_remove_reader(s->loop, s->fd);
     s->reader_on = 0;
@@ -318,7 +330,8 @@ static int wbuf_append(ul_stream *s, const char *data, size_t len) {
 }
 
 static void send_eof_if_due(ul_stream *s) {
-  if (s->eof_wanted && !s->eof_sent && pending(s) == 0) {
+  if (s->eof_wanted && !s->eof_sent && pending(s) == 0 &&
+      s->sendfile == NULL) {
     s->eof_sent = 1;
     shutdown(s->fd, SHUT_WR);
   }
@@ -392,6 +405,10 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
     s->writer_on = 0;
   }
   s->woff = s->wlen = 0;
+  if (s->sendfile != NULL) {
+    ul__sendfile_run(s->sendfile); /* the buffer was flushed for it */
+    return;
+  }
   if (s->closing) {
     schedule_lost(s, 0);
     return;
@@ -407,6 +424,8 @@ static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
                         ul_release_cb release, void *arg) {
   if (s->eof_wanted || s->closing || s->read_only)
     return -EPIPE;
+  if (s->sendfile != NULL)
+    return -EBUSY;
   size_t total = 0;
   for (int i = 0; i < iovcnt; i++)
     total += iov[i].iov_len;
@@ -585,9 +604,10 @@ int ul_stream_close(ul_stream *s) {
     ul_loop_remove_reader(s->loop, s->fd);
     s->reader_on = 0;
   }
-  if (pending(s) == 0)
+  if (pending(s) == 0 && s->sendfile == NULL)
     schedule_lost(s, 0);
-  /* else write_ready schedules it once the buffer is flushed */
+  /* else write_ready (or the sendfile's end) schedules it once the buffer
+   * is flushed */
   return 0;
 }
 
@@ -699,4 +719,29 @@ ul_loop *ul_stream_get_loop(const ul_stream *s) {
 
 void *ul_stream_get_context(const ul_stream *s) {
   return s ? s->ctx : NULL;
+}
+
+/* ---- sendfile.c's hooks ------------------------------------------------- */
+
+int ul__stream_sendfile_begin(ul_stream *s, struct ul__sendfile *req) {
+  if (s->eof_wanted || s->closing || s->read_only)
+    return -EPIPE;
+  if (s->sendfile != NULL)
+    return -EBUSY;
+  s->sendfile = req;
+  return pending(s) == 0;
+}
+
+struct ul__sendfile *ul__stream_sendfile_current(const ul_stream *s) {
+  return s->sendfile;
+}
+
+void ul__stream_sendfile_end(ul_stream *s, int err) {
+  s->sendfile = NULL;
+  if (err != 0 && !s->lost_scheduled)
+    fatal(s, err);
+  else if (s->closing && !s->lost_scheduled)
+    schedule_lost(s, 0);
+  else
+    send_eof_if_due(s);
 }

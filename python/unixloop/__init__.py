@@ -17,14 +17,19 @@ on top of the C core.
 """
 import asyncio
 import functools
+import io
+import os
 import selectors
+import stat
 import sys
 import threading
 import weakref
 import socket
-from asyncio import base_events, constants, events, futures, trsock, unix_events
+from asyncio import (base_events, constants, events, exceptions, futures,
+                     trsock, unix_events)
 
 from . import _core
+from . import _process
 
 __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run')
 __version__ = _core.libunixloop_version
@@ -52,6 +57,23 @@ class _SelectorView:
         pass
 
 
+def _transport_extra(sock, extra):
+    """What asyncio's _SelectorTransport.__init__ does besides I/O: the
+    extra info of a socket transport."""
+    extra = dict(extra) if extra else {}
+    extra['socket'] = trsock.TransportSocket(sock)
+    try:
+        extra['sockname'] = sock.getsockname()
+    except OSError:
+        extra['sockname'] = None
+    if 'peername' not in extra:
+        try:
+            extra['peername'] = sock.getpeername()
+        except socket.error:
+            extra['peername'] = None
+    return extra
+
+
 class Loop(_core.Loop, unix_events.SelectorEventLoop):
     """An asyncio event loop whose core is libunixloop."""
 
@@ -68,6 +90,9 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         # while callbacks are ready.
         self._ssock = self._csock = None
         self._internal_fds = 1  # the C core's wake-up eventfd
+        if sys.version_info >= (3, 13):
+            # create_unix_server(cleanup_socket=True): the sockets to unlink.
+            self._unix_server_sockets = {}
 
     def add_signal_handler(self, sig, callback, *args):
         """Add a handler for a signal, as asyncio's (same checks, same
@@ -168,23 +193,29 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if type(sock) is not socket.socket:
             return super()._make_socket_transport(
                 sock, protocol, waiter, extra=extra, server=server)
-        # What asyncio's _SelectorTransport.__init__ does besides I/O.
-        extra = dict(extra) if extra else {}
-        extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            extra['sockname'] = sock.getsockname()
-        except OSError:
-            extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except socket.error:
-                extra['peername'] = None
+        extra = _transport_extra(sock, extra)
         base_events._set_nodelay(sock)
         transport = _core.SocketTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
         if server is not None:
-            server._attach()
+            if sys.version_info >= (3, 13):
+                server._attach(transport)  # Server.close_clients() (3.13)
+            else:
+                server._attach()
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        """asyncio's datagram transport, on a libunixloop ul_dgram."""
+        if type(sock) is not socket.socket:
+            return super()._make_datagram_transport(
+                sock, protocol, address, waiter, extra)
+        extra = _transport_extra(sock, extra)
+        transport = _core.DatagramTransport(self, sock, protocol, address,
+                                            extra)
+        self._transports[sock.fileno()] = transport
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
@@ -205,6 +236,65 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    async def _make_subprocess_transport(self, protocol, args, shell,
+                                         stdin, stdout, stderr, bufsize,
+                                         extra=None, **kwargs):
+        """A child started and watched by libunixloop (no copy of the
+        parent, a pidfd on the loop's poller), unless the user picked a
+        child watcher or an argument needs subprocess.Popen: then asyncio's
+        own path (Popen and the policy's watcher)."""
+        if not (_core_watches_children() and
+                _process.can_spawn(stdin, stdout, stderr, kwargs)):
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize,
+                extra=extra, **kwargs)
+        waiter = self.create_future()
+        transp = _process.SubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """asyncio's loop.sendfile() natively, with the transfer in C
+        (ul_stream_sendfile: it waits for the write buffer to drain)."""
+        if type(transp) is not _core.SocketTransport:
+            return await super()._sendfile_native(transp, file, offset, count)
+        # What asyncio's sock_sendfile and _sock_sendfile_native check.
+        self._check_sendfile_params(transp._sock, file, offset, count)
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or st.st_size):
+            return 0  # asyncio's "empty file"
+        if not stat.S_ISREG(st.st_mode):
+            # os.sendfile fails there: asyncio falls back to file.readinto.
+            raise exceptions.SendfileNotAvailableError(
+                "os.sendfile call failed")
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        try:
+            return await transp._sendfile(fileno, offset, count or 0)
+        finally:
+            transp._sendfile_end()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[fd] = transp
 
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.
@@ -230,6 +320,14 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
 # os.sendfile on its socket; start_tls() may wrap it.
 _core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 _core.SocketTransport._start_tls_compatible = True
+
+
+def _core_watches_children():
+    """True unless the user set a child watcher on asyncio's policy
+    (set_child_watcher, or get_child_watcher, which makes one)."""
+    policy = events.get_event_loop_policy()
+    return (isinstance(policy, unix_events.DefaultEventLoopPolicy) and
+            policy._watcher is None)
 
 
 def new_event_loop():

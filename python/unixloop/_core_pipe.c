@@ -152,7 +152,7 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   /* asyncio reports a read pipe's errors but EIO (a PTY whose other side
    * closed); a write pipe's errors are all OSErrors, never reported. */
   if (exc != NULL && !t->writing && err != -EIO)
-    ulpy_transport_call_handler(t->loop, (PyObject *)t, t->protocol,
+    ulpy_transport_exception(t->loop, (PyObject *)t, t->protocol,
                                 "Fatal read error on pipe transport", exc);
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);
@@ -410,8 +410,8 @@ static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
   }
   if (t->stream == NULL || t->conn_lost || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (ulpy_transport_drop_write(t->loop, &t->conn_lost,
-                                  "warn_pipe_write_after_close") < 0)
+    if (ulpy_count_lost_write_as(t->loop->st, &t->conn_lost,
+                                 "warn_pipe_write_after_close") < 0)
       return NULL;
     Py_RETURN_NONE;
   }
