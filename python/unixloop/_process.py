@@ -94,12 +94,15 @@ class _ChildProcess:
                 f"returncode: {self.returncode} args: {self.args!r}>")
 
     def poll(self):
+        if self.returncode is None:
+            # The loop may have reaped it before the transport was told.
+            self.returncode = self._child.returncode
         return self.returncode
 
     def wait(self, timeout=None):
         """Block until the child has exited (without reaping it: the loop
         does), as Popen.wait."""
-        if self.returncode is not None:
+        if self.poll() is not None:
             return self.returncode
         if timeout is not None:
             raise subprocess.TimeoutExpired(self.args, timeout)
@@ -202,6 +205,8 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
                             stdin, stdout, stderr, **kwargs)
 
     def _child_exited(self, pid, returncode):
-        # The pidfd watcher runs in the loop's I/O phase: asyncio's
-        # watchers hand the exit over with call_soon as well.
-        self._loop.call_soon(self._process_exited, returncode)
+        # Two hops, as asyncio's watchers take (_child_watcher_callback:
+        # call_soon_threadsafe(call_soon, ...)), so that the pipes are
+        # connected first whenever asyncio's would be.
+        self._loop.call_soon(self._loop.call_soon, self._process_exited,
+                             returncode)
