@@ -16,6 +16,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <structmember.h>
@@ -27,6 +29,8 @@ typedef struct {
   long pid;
   int returncode;
   int exited;
+  int pidfd;            /* after the loop closed: a dup of the child's pidfd,
+                           so that kill() still reaches it (else -1) */
 } ChildObj;
 
 static void child_exited(ul_process *p, int returncode, void *arg) {
@@ -34,6 +38,8 @@ static void child_exited(ul_process *p, int returncode, void *arg) {
   PyObject *cb = c->on_exit;
   c->on_exit = NULL;
   c->proc = NULL;
+  if (returncode == -ECANCELED && ul_process_pidfd(p) >= 0)
+    c->pidfd = fcntl(ul_process_pidfd(p), F_DUPFD_CLOEXEC, 3);
   ul_process_close(p);
   if (returncode != -ECANCELED) {  /* else: the loop was closed first */
     c->exited = 1;
@@ -156,6 +162,7 @@ static PyObject *Child_spawn(PyObject *type, PyObject *args) {
   c->pid = -1;
   c->returncode = 0;
   c->exited = 0;
+  c->pidfd = -1;
 
   int out_fds[3] = {-1, -1, -1}, step = 0;
   ul_process *p = NULL;
@@ -191,9 +198,18 @@ static PyObject *Child_send_signal(ChildObj *self, PyObject *arg) {
   int sig = (int)PyLong_AsLong(arg);
   if (sig == -1 && PyErr_Occurred())
     return NULL;
-  if (self->proc == NULL)
-    return ulpy_raise_errno(-ESRCH);
-  int err = ul_process_send_signal(self->proc, sig);
+  int err;
+  if (self->proc != NULL) {
+    err = ul_process_send_signal(self->proc, sig);
+  } else if (self->pidfd >= 0 && !self->exited) {
+    /* The loop was closed while the child ran: its pidfd still reaches
+     * it (a reaper thread takes its exit status). */
+    err = syscall(SYS_pidfd_send_signal, self->pidfd, sig, NULL, 0) == 0
+              ? 0
+              : -errno;
+  } else {
+    err = -ESRCH;
+  }
   if (err != 0)
     return ulpy_raise_errno(err);
   Py_RETURN_NONE;
@@ -210,6 +226,8 @@ static void Child_dealloc(ChildObj *self) {
   PyTypeObject *tp = Py_TYPE(self);
   /* Only reached once the C side let go: proc is NULL. */
   Py_CLEAR(self->on_exit);
+  if (self->pidfd >= 0)
+    close(self->pidfd);
   tp->tp_free(self);
   Py_DECREF(tp);
 }

@@ -395,3 +395,26 @@ def test_isinstance_and_get_pid(loop):
         transport.close()
         return pid
     assert run(loop, main()) > 0
+
+
+def test_kill_after_loop_close():
+    """A transport closed after its loop (asyncio.run() leaving a child
+    behind, then the garbage collector) still kills the child, as Popen
+    would, and the child is reaped."""
+    loop = unixloop.new_event_loop()
+
+    async def main():
+        p = await asyncio.create_subprocess_exec('sleep', '30')
+        return p.pid, transport_of(p)
+    pid, transport = loop.run_until_complete(main())
+    loop.close()
+    os.kill(pid, 0)  # still running
+    transport.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, 'child not killed and reaped'
+        time.sleep(0.01)
