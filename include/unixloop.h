@@ -422,6 +422,25 @@ UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
 UL_EXTERN int ul_stream_writev(ul_stream *stream, const struct iovec *iov,
                                int iovcnt);
 
+/* Gives back a buffer queued by ul_stream_write_ref(). */
+typedef void (*ul_release_cb)(void *arg);
+
+/* As ul_stream_write(), but what the kernel does not take at once is
+ * queued by reference, not copied: `data` must stay valid and unchanged
+ * until `release(arg)` is called.  For large immutable buffers (the Python
+ * binding passes bytes objects).  When bytes queued by ul_stream_write()
+ * are still waiting, the rest is copied instead (so that nothing overtakes
+ * them).
+ * Returns 1 when the stream kept the reference: release(arg) is then called
+ * exactly once, on the loop's thread, when the stream is done with the
+ * bytes (sent, dropped by abort or an error, or the loop closed) -- which
+ * may be before this returns.  Returns 0 when it did not (all written, or
+ * copied): release is never called.
+ * Errors: as ul_stream_write(), and -EINVAL for a NULL release. */
+UL_EXTERN int ul_stream_write_ref(ul_stream *stream, const void *data,
+                                  size_t len, ul_release_cb release,
+                                  void *arg);
+
 /* Closes the write side once the buffer is flushed (shutdown(SHUT_WR)).
  * Errors: -EINVAL, -ENOTSUP (the fd cannot half-close, e.g. a pipe). */
 UL_EXTERN int ul_stream_write_eof(ul_stream *stream);
@@ -470,6 +489,94 @@ UL_EXTERN int ul_stream_release_fd(ul_stream *stream);
 UL_EXTERN int ul_stream_fileno(const ul_stream *stream);
 UL_EXTERN ul_loop *ul_stream_get_loop(const ul_stream *stream);
 UL_EXTERN void *ul_stream_get_context(const ul_stream *stream);
+
+/* ---- sendfile ---------------------------------------------------------- */
+
+/* The end of a ul_stream_sendfile(): `status` is 0 (done: the whole range,
+ * or the file ended first) or a negative errno; `sent` is the number of
+ * bytes sent, also on error.  Runs on the loop, never from inside a
+ * ul_stream_* call, and before connection_lost when both are due. */
+typedef void (*ul_sendfile_cb)(ul_stream *stream, int status, uint64_t sent,
+                               void *arg);
+
+/* Sends `count` bytes (0: up to the end of the file) of `file_fd` from
+ * `offset` to the stream, as asyncio's loop.sendfile(): once the write
+ * buffer has drained, with sendfile(2), falling back to read + write where
+ * sendfile(2) cannot serve (it fails with EINVAL / ENOSYS before sending
+ * anything, or `file_fd` is not a regular file: a pipe, a socket, a
+ * character device; such a file is read from its current position, and
+ * `offset` must then be 0 unless the file can seek).  A non-blocking
+ * `file_fd` that has nothing to read is waited for on the loop.
+ * When it ends, and bytes were sent, the file's position is set to
+ * offset + sent, as asyncio does (a file that cannot seek keeps its own).
+ * While it runs, ul_stream_write() and ul_stream_writev() fail with -EBUSY,
+ * write_eof waits for its end, and ul_stream_close() lets it finish before
+ * closing; ul_stream_abort() (or the loop closing) cancels it: the callback
+ * then gets -ECANCELED.  A connection error (-EPIPE, -ECONNRESET) goes to
+ * the callback, then ends the connection as a write error does (an error
+ * reading the file only goes to the callback).  The
+ * caller keeps owning `file_fd` and must keep it open until the callback.
+ * Errors: -EINVAL (NULL stream or cb, negative fd or offset), -EBADF
+ * (file_fd not open, or not open for reading), -ESPIPE (an offset in a
+ * file that cannot seek), -EPIPE (the stream is closing, or write_eof was
+ * called, or it is read-only), -EBUSY (a sendfile is already running),
+ * -ENOMEM. */
+UL_EXTERN int ul_stream_sendfile(ul_stream *stream, int file_fd, off_t offset,
+                                 uint64_t count, ul_sendfile_cb cb, void *arg);
+
+/* Stops the sendfile running on the stream (asyncio: the task awaiting
+ * loop.sendfile() was cancelled): its callback gets -ECANCELED with the
+ * bytes sent so far, the file position is set as at its end, and the
+ * stream stays open -- writes work again at once.  Returns 1 if one was
+ * running, 0 if not.  Errors: -EINVAL (NULL). */
+UL_EXTERN int ul_stream_sendfile_cancel(ul_stream *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Pipe transports                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* asyncio's read and write pipe transports (connect_read_pipe,
+ * connect_write_pipe, a subprocess's stdin / stdout / stderr) over a pipe
+ * end, a socket or a character device such as a PTY.  A pipe transport is
+ * a ul_stream of a pipe kind: the ul_stream_* functions work on it, with
+ * the differences written here, and the rules of ul_stream_open (ownership,
+ * when callbacks run, freeing after connection_lost) hold.
+ *
+ * On success the transport takes the fd (sets it non-blocking, closes it
+ * when the connection is lost unless ul_stream_release_fd() was called).
+ * On error the fd is left open and stays the caller's (asyncio raises and
+ * leaves the pipe to its owner).  Writing to a pipe whose reader went away
+ * raises SIGPIPE unless it is ignored (CPython ignores it); sockets use
+ * MSG_NOSIGNAL. */
+
+/* A read pipe: reads as a stream does (data_received or a buffered
+ * protocol, pause / resume reading).  At EOF eof_received runs (its return
+ * value is ignored) and then connection_lost(0): a read pipe never stays
+ * half-open.  A read error ends it with connection_lost(-errno), e.g. -EIO
+ * from a PTY whose other side was closed.  Writes return -EPIPE,
+ * ul_stream_write_eof() -ENOTSUP.
+ * Errors: -EINVAL (NULL argument, no data callback, or an fd that is not a
+ * FIFO, socket or character device: a regular file, a directory...),
+ * -EBADF (fd not open), -ENOMEM, -ESHUTDOWN (the loop is being closed). */
+UL_EXTERN int ul_pipe_open_read(ul_loop *loop, int fd,
+                                const ul_stream_protocol *protocol, void *ctx,
+                                ul_stream **stream_out);
+
+/* A write pipe: writes, the write buffer and its water marks
+ * (pause_writing / resume_writing) as a stream's; data_received and
+ * get_buffer are not needed.  On a FIFO or a socket the fd is watched for
+ * the reader going away: connection_lost(-EPIPE) if bytes were still
+ * queued (they are dropped), connection_lost(0) if none were, as asyncio.
+ * A write that fails ends it with connection_lost(-errno) (-EPIPE when the
+ * reader went away, -EIO for a PTY whose other side closed...).
+ * ul_stream_write_eof() is ul_stream_close(): flush, then close the fd,
+ * which is the reader's EOF (ul_stream_can_write_eof() is 1).
+ * ul_stream_pause_reading() / resume_reading() return -ENOTSUP and
+ * ul_stream_is_reading() is 0.
+ * Errors: as ul_pipe_open_read(), except that no data callback is needed. */
+UL_EXTERN int ul_pipe_open_write(ul_loop *loop, int fd,
+                                 const ul_stream_protocol *protocol,
+                                 void *ctx, ul_stream **stream_out);
 
 /* ------------------------------------------------------------------------ */
 /* Connecting and listening: TCP and UNIX-domain stream sockets            */
@@ -559,6 +666,139 @@ UL_EXTERN int ul_server_fileno(const ul_server *server);
  * server pointer is dangling -- do not call ul_server_close() on it.
  * Errors: -EINVAL. */
 UL_EXTERN int ul_server_close(ul_server *server);
+
+/* ------------------------------------------------------------------------ */
+/* Datagram transports: UDP (IPv4, IPv6) and UNIX-domain datagram sockets  */
+/* ------------------------------------------------------------------------ */
+
+/* A datagram transport: asyncio's datagram transport for a SOCK_DGRAM
+ * socket, connected (it has a peer: datagrams go to it, and only its
+ * datagrams are received) or not (each send names its destination).
+ * Opaque; owned by the loop from ul_dgram_open() until connection_lost has
+ * returned, when it is freed: the pointer must not be used after that. */
+typedef struct ul_dgram ul_dgram;
+
+/* The protocol: asyncio's DatagramProtocol as a table of callbacks, all
+ * called on the loop, never from inside a ul_dgram_* call -- except
+ * pause_writing, which runs inside the ul_dgram_sendto /
+ * ul_dgram_set_write_buffer_limits call that crosses the high-water mark,
+ * as in asyncio.  `ctx` is the pointer given to ul_dgram_open().  Any
+ * callback may close or abort the transport. */
+typedef struct ul_dgram_protocol {
+  /* First callback, in the iteration after ul_dgram_open().  May be NULL. */
+  void (*connection_made)(ul_dgram *dgram, void *ctx);
+  /* One datagram (possibly empty): `data` and `addr` (the sender, `addrlen`
+   * bytes; 0 for an unnamed UNIX-domain sender on some systems) are valid
+   * only during the call.  Required.  Datagrams arrive in batches (one
+   * recvmmsg per wake-up); closing the transport here drops the rest of the
+   * batch. */
+  void (*datagram_received)(ul_dgram *dgram, const char *data, size_t len,
+                            const struct sockaddr *addr, socklen_t addrlen,
+                            void *ctx);
+  /* A receive or send error that does not end the transport: on a connected
+   * socket, an ICMP error from an earlier datagram (-ECONNREFUSED when
+   * nothing listens at the peer), or a queued datagram the kernel refused
+   * (-EMSGSIZE, ...; that datagram is dropped).  May be NULL. */
+  void (*error_received)(ul_dgram *dgram, int err, void *ctx);
+  /* Last callback: `err` is 0 after close / abort, -ECANCELED when the
+   * loop was closed first, or the error that ended the transport.  The fd
+   * is closed and the transport freed when it returns. */
+  void (*connection_lost)(ul_dgram *dgram, int err, void *ctx);
+  /* Flow control: the bytes queued rose above the high-water mark / fell
+   * to the low-water mark.  May be NULL. */
+  void (*pause_writing)(ul_dgram *dgram, void *ctx);
+  void (*resume_writing)(ul_dgram *dgram, void *ctx);
+} ul_dgram_protocol;
+
+/* Default write buffer limits, as asyncio's: high 64 KiB, low high / 4. */
+#define UL_DGRAM_HIGH_WATER (64 * 1024)
+
+/* Wraps a SOCK_DGRAM socket (bound, connected, or neither).  The transport
+ * takes the fd (sets it non-blocking; closes it when the connection is
+ * lost, also on error here).  A socket connected at this call is used as
+ * connected: sends go to its peer.  connection_made runs in the next
+ * iteration, then receiving starts.  `protocol` must stay valid until
+ * connection_lost has returned.
+ * Errors: -EINVAL (NULL argument, no datagram_received, not a SOCK_DGRAM
+ * socket), -EBADF, -ENOTSOCK, -ENOMEM. */
+UL_EXTERN int ul_dgram_open(ul_loop *loop, int fd,
+                            const ul_dgram_protocol *protocol, void *ctx,
+                            ul_dgram **dgram_out);
+
+/* Sends one datagram of `len` bytes (0 is a valid, empty datagram) at
+ * once; only when the kernel would block (EAGAIN, ENOBUFS) is it copied to
+ * the transport's queue and sent when the fd is writable, in order.
+ * `addr` is the destination: required when not connected; when connected
+ * it must be NULL or the peer's address.  The caller keeps `data` and
+ * `addr`.
+ * Errors: -EINVAL (NULL with a length, addr and addrlen disagree),
+ * -EPIPE (closing), -EDESTADDRREQ (not connected and no addr), -EISCONN
+ * (connected and addr is another address), -ENOMEM; and the send's own
+ * error, the datagram then dropped and the transport still open (asyncio
+ * passes these to error_received): -ECONNREFUSED (an earlier ICMP error on
+ * a connected socket), -EMSGSIZE, -ENETUNREACH, -EACCES (broadcast without
+ * UL_DGRAM_BROADCAST), ... */
+UL_EXTERN int ul_dgram_sendto(ul_dgram *dgram, const void *data, size_t len,
+                              const struct sockaddr *addr, socklen_t addrlen);
+
+/* Stops receiving, sends what is queued, then closes: connection_lost(0)
+ * runs once the queue is empty (in the next iteration if it is already).
+ * Calling it again does nothing.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_close(ul_dgram *dgram);
+
+/* Closes at once, dropping the queue; connection_lost(0) runs in the next
+ * iteration.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_abort(ul_dgram *dgram);
+
+UL_EXTERN int ul_dgram_is_closing(const ul_dgram *dgram);
+
+/* Payload bytes waiting in the queue. */
+UL_EXTERN size_t ul_dgram_get_write_buffer_size(const ul_dgram *dgram);
+
+/* Sets the water marks (asyncio's set_write_buffer_limits): -1 for high
+ * means UL_DGRAM_HIGH_WATER (or 4 x low when low is given), -1 for low
+ * means high / 4.  May call pause_writing at once.
+ * Errors: -EINVAL (low > high). */
+UL_EXTERN int ul_dgram_set_write_buffer_limits(ul_dgram *dgram, ssize_t high,
+                                               ssize_t low);
+UL_EXTERN void ul_dgram_get_write_buffer_limits(const ul_dgram *dgram,
+                                                size_t *low, size_t *high);
+
+/* Copies the connected peer's address.  Errors: -EINVAL, -ENOTCONN. */
+UL_EXTERN int ul_dgram_get_peer(const ul_dgram *dgram,
+                                struct sockaddr_storage *addr,
+                                socklen_t *addrlen);
+
+/* From now on the transport does not close its fd when the connection is
+ * lost: the caller keeps owning it.  Returns the fd.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_release_fd(ul_dgram *dgram);
+
+/* The fd, the loop and the protocol's ctx. */
+UL_EXTERN int ul_dgram_fileno(const ul_dgram *dgram);
+UL_EXTERN ul_loop *ul_dgram_get_loop(const ul_dgram *dgram);
+UL_EXTERN void *ul_dgram_get_context(const ul_dgram *dgram);
+
+/* Flags of ul_dgram_socket(). */
+enum ul_dgram_flags {
+  UL_DGRAM_REUSEPORT = 1,  /* SO_REUSEPORT (not for AF_UNIX) */
+  UL_DGRAM_BROADCAST = 2,  /* SO_BROADCAST: may send to broadcast addresses */
+  UL_DGRAM_IPV6ONLY = 4    /* IPV6_V6ONLY on an AF_INET6 socket */
+};
+
+/* Creates a non-blocking, close-on-exec SOCK_DGRAM socket of `family`
+ * (AF_INET, AF_INET6, AF_UNIX; AF_UNSPEC takes the family of the
+ * addresses), sets `flags`, binds it to `local` and connects it to
+ * `remote` when they are not NULL (a UNIX-domain `local` path must not
+ * exist yet; it is not removed later).  Returns the fd, which the caller
+ * owns (typically passing it to ul_dgram_open), or a negative errno.
+ * Errors: -EINVAL (unknown family or flag, an address of another family
+ * or of a bad length, REUSEPORT on AF_UNIX), -EADDRINUSE, -EACCES,
+ * -EADDRNOTAVAIL, -ENOENT (no UNIX-domain socket at `remote`),
+ * -ECONNREFUSED, -EMFILE, ... */
+UL_EXTERN int ul_dgram_socket(int family, const struct sockaddr *local,
+                              socklen_t local_len,
+                              const struct sockaddr *remote,
+                              socklen_t remote_len, unsigned flags);
 
 /* ------------------------------------------------------------------------ */
 /* Spawning processes                                                       */

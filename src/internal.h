@@ -122,6 +122,39 @@ void ul__signals_close(ul_loop *loop);
 
 void ul__streams_close_all(ul_loop *loop);
 
+/* ---- datagram transports (dgram.c) ------------------------------------- */
+
+void ul__dgrams_close_all(ul_loop *loop);
+
+/* ---- pipes (pipe.c, stream.c) ------------------------------------------ */
+
+/* Kinds of stream for ul__stream_open (0: ul_stream_open's, from the fd). */
+enum ul__stream_kind {
+  UL__STREAM_PIPE_READ = 1,       /* read pipe: never writes, EOF closes */
+  UL__STREAM_PIPE_WRITE = 2,      /* write pipe: readability = reader gone */
+  UL__STREAM_NO_HANGUP_WATCH = 4  /* with PIPE_WRITE: do not watch it */
+};
+
+int ul__stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
+                    void *ctx, unsigned kind, ul_stream **stream_out);
+
+/* ---- sendfile (sendfile.c) on a stream ---------------------------------- */
+
+struct ul__sendfile;
+
+/* stream.c -> sendfile.c: the write buffer has drained (start sending);
+ * the stream is being lost (stop, report `err`). */
+void ul__sendfile_run(struct ul__sendfile *req);
+void ul__sendfile_abort(struct ul__sendfile *req, int err);
+
+/* sendfile.c -> stream.c: attach a sendfile (returns 1: the buffer is
+ * empty, start now; 0: ul__sendfile_run follows once it drains; or an
+ * error), detach it when done (`err` != 0 ends the connection), and the
+ * one attached (or NULL). */
+int ul__stream_sendfile_begin(ul_stream *stream, struct ul__sendfile *req);
+void ul__stream_sendfile_end(ul_stream *stream, int err);
+struct ul__sendfile *ul__stream_sendfile_current(const ul_stream *stream);
+
 /* ---- connects and servers (net.c) ---------------------------------------- */
 
 struct ul__connect;
@@ -195,6 +228,8 @@ struct ul_loop {
   char *read_buf;        /* shared by the streams' reads (stream.c) */
   ul_server *servers;    /* open servers (net.c) */
   struct ul__connect *connects;  /* connects not yet reported (net.c) */
+  ul_dgram *dgrams;      /* open datagram transports (dgram.c) */
+  char *dgram_buf;       /* their shared receive area (dgram.c) */
   ul_process *processes; /* watched children (process.c) */
   int child_watcher;     /* ul_child_watcher; 0 until first needed */
   int sigchld_on;        /* the loop has its SIGCHLD handler (process.c) */

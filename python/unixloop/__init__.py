@@ -17,12 +17,16 @@ on top of the C core.
 """
 import asyncio
 import functools
+import io
+import os
 import selectors
+import stat
 import sys
 import threading
 import weakref
 import socket
-from asyncio import base_events, constants, events, futures, trsock, unix_events
+from asyncio import (base_events, constants, events, exceptions, futures,
+                     trsock, unix_events)
 
 from . import _core
 from . import _process
@@ -53,6 +57,23 @@ class _SelectorView:
         pass
 
 
+def _transport_extra(sock, extra):
+    """What asyncio's _SelectorTransport.__init__ does besides I/O: the
+    extra info of a socket transport."""
+    extra = dict(extra) if extra else {}
+    extra['socket'] = trsock.TransportSocket(sock)
+    try:
+        extra['sockname'] = sock.getsockname()
+    except OSError:
+        extra['sockname'] = None
+    if 'peername' not in extra:
+        try:
+            extra['peername'] = sock.getpeername()
+        except socket.error:
+            extra['peername'] = None
+    return extra
+
+
 class Loop(_core.Loop, unix_events.SelectorEventLoop):
     """An asyncio event loop whose core is libunixloop."""
 
@@ -69,6 +90,9 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         # while callbacks are ready.
         self._ssock = self._csock = None
         self._internal_fds = 1  # the C core's wake-up eventfd
+        if sys.version_info >= (3, 13):
+            # create_unix_server(cleanup_socket=True): the sockets to unlink.
+            self._unix_server_sockets = {}
 
     def add_signal_handler(self, sig, callback, *args):
         """Add a handler for a signal, as asyncio's (same checks, same
@@ -169,23 +193,46 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if type(sock) is not socket.socket:
             return super()._make_socket_transport(
                 sock, protocol, waiter, extra=extra, server=server)
-        # What asyncio's _SelectorTransport.__init__ does besides I/O.
-        extra = dict(extra) if extra else {}
-        extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            extra['sockname'] = sock.getsockname()
-        except OSError:
-            extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except socket.error:
-                extra['peername'] = None
+        extra = _transport_extra(sock, extra)
         base_events._set_nodelay(sock)
         transport = _core.SocketTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
         if server is not None:
-            server._attach()
+            if sys.version_info >= (3, 13):
+                server._attach(transport)  # Server.close_clients() (3.13)
+            else:
+                server._attach()
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        """asyncio's datagram transport, on a libunixloop ul_dgram."""
+        if type(sock) is not socket.socket:
+            return super()._make_datagram_transport(
+                sock, protocol, address, waiter, extra)
+        extra = _transport_extra(sock, extra)
+        transport = _core.DatagramTransport(self, sock, protocol, address,
+                                            extra)
+        self._transports[sock.fileno()] = transport
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
+                                  extra=None):
+        """asyncio's read pipe transport, on a libunixloop pipe."""
+        transport = _core.ReadPipeTransport(self, pipe, protocol, extra)
+        if waiter is not None:
+            # After connection_made, as asyncio does.
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
+                                   extra=None):
+        """asyncio's write pipe transport, on a libunixloop pipe."""
+        transport = _core.WritePipeTransport(self, pipe, protocol, extra)
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
@@ -215,6 +262,39 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
             await transp._wait()
             raise
         return transp
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        """asyncio's loop.sendfile() natively, with the transfer in C
+        (ul_stream_sendfile: it waits for the write buffer to drain)."""
+        if type(transp) is not _core.SocketTransport:
+            return await super()._sendfile_native(transp, file, offset, count)
+        # What asyncio's sock_sendfile and _sock_sendfile_native check.
+        self._check_sendfile_params(transp._sock, file, offset, count)
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not (count or st.st_size):
+            return 0  # asyncio's "empty file"
+        if not stat.S_ISREG(st.st_mode):
+            # os.sendfile fails there: asyncio falls back to file.readinto.
+            raise exceptions.SendfileNotAvailableError(
+                "os.sendfile call failed")
+        fd = transp._sock_fd
+        self._transports.pop(fd, None)
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        try:
+            return await transp._sendfile(fileno, offset, count or 0)
+        finally:
+            transp._sendfile_end()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[fd] = transp
 
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.

@@ -29,6 +29,9 @@ typedef struct {
   PyObject *kw_task;          /* ("loop", "name", "context") */
   PyTypeObject *SockOpType;  /* _core_sock.c */
   PyTypeObject *TransportType; /* _core_transport.c */
+  PyTypeObject *DgramType;     /* _core_dgram.c */
+  PyTypeObject *ReadPipeType;  /* _core_pipe.c */
+  PyTypeObject *WritePipeType;
   PyTypeObject *ChildProcessType; /* _core_process.c */
 } core_state;
 
@@ -70,6 +73,8 @@ struct LoopObj {
   PyObject *pending_exc;      /* iteration's other callbacks run */
   PyObject *pending_exc_tb;
   PyObject *task_factory;  /* asyncio's loop._task_factory */
+  PyObject *open_transports; /* set: the SocketTransports whose stream is
+                                open (the stream's reference to each) */
   double slow_callback_duration;
 };
 
@@ -89,6 +94,36 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
+/* After ul_loop_close(): the loop's transports lose their stream without a
+ * call of connection_lost (as asyncio's); their sockets stay open until
+ * they are closed or collected ("unclosed transport" ResourceWarning). */
+void ulpy_transports_orphan(LoopObj *loop);
+/* Helpers of every transport type: a fatal exception kept aside for the
+ * loop; call_exception_handler with a transport's context; the current
+ * exception reported that way. */
+void ulpy_stash_fatal(LoopObj *loop);
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc);
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message);
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low);
+int ulpy_count_lost_write(core_state *st, int *conn_lost);
+
+PyObject *ulpy_exception_from_errno(int err);
+/* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once
+ * the connection is lost). */
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream);
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw);
+
+/* _core_pipe.c: ReadPipeTransport, WritePipeTransport */
+int ulpy_pipe_exec(PyObject *mod, core_state *st);
+
+/* _core_dgram.c */
+int ulpy_dgram_exec(PyObject *mod, core_state *st);
 
 /* _core_process.c */
 int ulpy_process_exec(PyObject *mod, core_state *st);

@@ -10,11 +10,18 @@
  *
  * Lifetime: the stream holds a reference to the transport from
  * ul_stream_open() until connection_lost, which also closes the Python
- * socket object (the stream was told not to close the fd itself).
+ * socket object (the stream was told not to close the fd itself).  That
+ * reference is the loop's `open_transports` set, so that the garbage
+ * collector sees it.  When the loop closes first, the transport loses its
+ * stream without connection_lost ("orphaned", as asyncio's): its socket
+ * stays open until the transport is collected, which warns "unclosed
+ * transport" (ResourceWarning) and closes it.
  */
 #include "_core.h"
 
 #include <structmember.h>
+
+#include <string.h>
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
@@ -41,15 +48,18 @@ typedef struct {
   int fd;
   int conn_lost;
   int eof;
+  char orphaned;            /* the loop closed with the stream open */
+  char orphan_closing;      /* close() called after that */
+  int in_sendfile;          /* between _sendfile() and _sendfile_end() */
 } TransportObj;
 
 /* ---- calling the protocol --------------------------------------------------- */
 
-/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
- * callback: keep it aside and stop the loop after this iteration; the other
- * callbacks of the iteration still run (their data was already read). */
-static void stash_fatal(TransportObj *t) {
-  LoopObj *loop = t->loop;
+/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a
+ * transport callback: keep it aside and stop the loop after this iteration;
+ * the other callbacks of the iteration still run (their data was already
+ * read).  Shared with the datagram and pipe transports. */
+void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
                 &loop->pending_exc_tb);
@@ -60,22 +70,24 @@ static void stash_fatal(TransportObj *t) {
     ul_loop_break(loop->ul, -EINTR);
 }
 
-static void call_exception_handler(TransportObj *t, const char *message,
-                                   PyObject *exc) {
+/* loop.call_exception_handler({message, exception, transport, protocol}). */
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc) {
   PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
                                 "exception", exc ? exc : Py_None,
-                                "transport", (PyObject *)t, "protocol",
-                                t->protocol ? t->protocol : Py_None);
-  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)t->loop,
+                                "transport", transport, "protocol",
+                                protocol ? protocol : Py_None);
+  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)loop,
                                           "call_exception_handler", "(O)",
                                           ctx)
                     : NULL;
   Py_XDECREF(ctx);
   if (r == NULL) {
     if (ulpy_is_fatal_exception())
-      stash_fatal(t);
+      ulpy_stash_fatal(loop);
     else
-      PyErr_WriteUnraisable((PyObject *)t);
+      PyErr_WriteUnraisable(transport);
   }
   Py_XDECREF(r);
 }
@@ -83,14 +95,78 @@ static void call_exception_handler(TransportObj *t, const char *message,
 /* Reports the current exception through the loop's exception handler, as
  * asyncio does for an exception escaping a callback; a fatal one
  * (SystemExit, KeyboardInterrupt) is kept aside for the loop instead. */
-static void report_exception(TransportObj *t, const char *message) {
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message) {
   if (ulpy_is_fatal_exception()) {
-    stash_fatal(t);
+    ulpy_stash_fatal(loop);
     return;
   }
   PyObject *exc = ulpy_take_exception();
-  call_exception_handler(t, message, exc);
+  ulpy_transport_exception(loop, transport, protocol, message, exc);
   Py_XDECREF(exc);
+}
+
+/* Debug mode: asyncio's logger.debug(fmt, transport[, message]), with the
+ * exception's traceback when exc is given. */
+static void debug_log(TransportObj *t, const char *fmt, const char *message,
+                      PyObject *exc) {
+  if (!t->loop->debug)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *f = ulpy_helper(t->loop->st, "transport_debug_log");
+  PyObject *r = f ? PyObject_CallFunction(f, "sOzO", fmt, (PyObject *)t,
+                                          message, exc ? exc : Py_None)
+                  : NULL;
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
+/* set_write_buffer_limits(high=None, low=None): asyncio's defaults and
+ * checks (_helpers.water_marks).  0, or -1 with an exception set. */
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low) {
+  static char *kwlist[] = {"high", "low", NULL};
+  PyObject *high_o = Py_None, *low_o = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
+    return -1;
+  PyObject *f = ulpy_helper(st, "water_marks");
+  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
+                  : NULL;
+  if (r == NULL)
+    return -1;
+  int ok = PyArg_ParseTuple(r, "nn", high, low);
+  Py_DECREF(r);
+  return ok ? 0 : -1;
+}
+
+/* A write after the connection was lost (or is being lost): asyncio drops
+ * it, warning from the fifth on.  0, or -1 with an exception set. */
+int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+  if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+    PyObject *f = ulpy_helper(st, "warn_send_after_close");
+    PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
+    if (r == NULL)
+      return -1;
+    Py_DECREF(r);
+  }
+  (*conn_lost)++;
+  return 0;
+}
+
+static void stash_fatal(TransportObj *t) {
+  ulpy_stash_fatal(t->loop);
+}
+
+static void call_exception_handler(TransportObj *t, const char *message,
+                                   PyObject *exc) {
+  ulpy_transport_exception(t->loop, (PyObject *)t, t->protocol, message, exc);
+}
+
+static void report_exception(TransportObj *t, const char *message) {
+  ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
@@ -104,6 +180,8 @@ static void fatal_error(TransportObj *t, const char *message) {
   if (!PyObject_IsInstance(exc, PyExc_OSError) || PyErr_Occurred()) {
     PyErr_Clear();
     call_exception_handler(t, message, exc);
+  } else {
+    debug_log(t, "%r: %s", message, exc);
   }
   if (t->lost_exc == NULL)
     t->lost_exc = exc;
@@ -111,6 +189,31 @@ static void fatal_error(TransportObj *t, const char *message) {
     Py_DECREF(exc);
   if (t->stream != NULL)
     ul_stream_abort(t->stream);
+}
+
+/* Debug mode: a protocol callback slower than slow_callback_duration is
+ * logged as asyncio logs the handle that ran it ("Executing <Handle
+ * SocketTransport._read_ready()> took 0.105 seconds").  slow_start returns
+ * 0 outside debug mode. */
+static double slow_start(TransportObj *t) {
+  return t->loop->debug ? ul_loop_time(t->loop->ul) : 0.0;
+}
+
+static void slow_end(TransportObj *t, double t0, const char *what) {
+  if (t0 == 0.0)
+    return;
+  double dt = ul_loop_time(t->loop->ul) - t0;
+  if (dt < t->loop->slow_callback_duration)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *f = ulpy_helper(t->loop->st, "warn_slow_transport_callback");
+  PyObject *r = f ? PyObject_CallFunction(f, "Osd", (PyObject *)t, what, dt)
+                  : NULL;
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
 }
 
 static void release_rbuf(TransportObj *t) {
@@ -123,8 +226,10 @@ static void release_rbuf(TransportObj *t) {
 static void on_made(ul_stream *stream, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
+  double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_made", "(O)",
                                     (PyObject *)t);
+  slow_end(t, t0, "connection_made");
   /* As an exception in asyncio's call_soon'd connection_made. */
   if (r == NULL)
     report_exception(t, "Exception in callback connection_made()");
@@ -135,8 +240,10 @@ static void on_data(ul_stream *stream, const char *data, size_t len,
                     void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
+  double t0 = slow_start(t);
   PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
   PyObject *r = bytes ? PyObject_CallOneArg(t->data_received, bytes) : NULL;
+  slow_end(t, t0, "_read_ready");
   Py_XDECREF(bytes);
   if (r == NULL)
     fatal_error(t, "Fatal error: protocol.data_received() call failed.");
@@ -180,8 +287,10 @@ static void on_buffer_updated(ul_stream *stream, size_t nbytes, void *ctx) {
   release_rbuf(t);
   if (ul_stream_is_closing(t->stream))
     return; /* get_buffer failed and aborted */
+  double t0 = slow_start(t);
   PyObject *n = PyLong_FromSize_t(nbytes);
   PyObject *r = n ? PyObject_CallOneArg(t->buffer_updated, n) : NULL;
+  slow_end(t, t0, "_read_ready");
   Py_XDECREF(n);
   if (r == NULL)
     fatal_error(t, "Fatal error: protocol.buffer_updated() call failed.");
@@ -192,7 +301,10 @@ static int on_eof(ul_stream *stream, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
   release_rbuf(t);
+  debug_log(t, "%r received EOF", NULL, NULL);
+  double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "eof_received", NULL);
+  slow_end(t, t0, "_read_ready");
   if (r == NULL) {
     fatal_error(t, "Fatal error: protocol.eof_received() call failed.");
     return 1; /* aborted already */
@@ -263,7 +375,7 @@ static void fail_empty_waiter(TransportObj *t) {
     PyErr_WriteUnraisable((PyObject *)t);
 }
 
-static PyObject *exception_from_errno(int err) {
+PyObject *ulpy_exception_from_errno(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
 }
 
@@ -273,14 +385,18 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   (void)stream;
   release_rbuf(t);
   t->stream = NULL;
+  if (t->loop->closed)
+    return; /* ul_loop_close(): ulpy_transports_orphan() follows */
   fail_empty_waiter(t);
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
   if (exc == NULL && err != 0 && err != -ECANCELED)
-    exc = exception_from_errno(err);
+    exc = ulpy_exception_from_errno(err);
   PyErr_Clear();
+  double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);
+  slow_end(t, t0, "_call_connection_lost");
   if (r == NULL)
     report_exception(t, "Exception in callback connection_lost()");
   Py_XDECREF(r);
@@ -291,14 +407,43 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   r = PyObject_CallMethod(t->sock, "close", NULL);
   Py_XDECREF(r);
   if (t->server != NULL && t->server != Py_None) {
+#if PY_VERSION_HEX >= 0x030D0000
+    /* 3.13: the server keeps its clients for close_clients(). */
+    r = PyObject_CallMethod(t->server, "_detach", "(O)", (PyObject *)t);
+#else
     r = PyObject_CallMethod(t->server, "_detach", NULL);
+#endif
     Py_XDECREF(r);
   }
   if (PyErr_Occurred())
     PyErr_WriteUnraisable((PyObject *)t);
-  PyErr_Restore(type, e, tb);
   Py_CLEAR(t->server);
-  Py_DECREF(t); /* the stream's reference */
+  /* The stream's reference (t may be freed here). */
+  if (t->loop->open_transports != NULL &&
+      PySet_Discard(t->loop->open_transports, (PyObject *)t) < 0)
+    PyErr_WriteUnraisable(NULL);
+  PyErr_Restore(type, e, tb);
+}
+
+void ulpy_transports_orphan(LoopObj *loop) {
+  PyObject *set = loop->open_transports;
+  if (set == NULL || PySet_GET_SIZE(set) == 0)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *it = PyObject_GetIter(set);
+  PyObject *item;
+  while (it != NULL && (item = PyIter_Next(it)) != NULL) {
+    TransportObj *t = (TransportObj *)item;
+    release_rbuf(t);
+    t->stream = NULL; /* freed by ul_loop_close */
+    t->orphaned = 1;
+    Py_DECREF(item);
+  }
+  Py_XDECREF(it);
+  if (PyErr_Occurred() || PySet_Clear(set) < 0)
+    PyErr_WriteUnraisable(set);
+  PyErr_Restore(type, v, tb);
 }
 
 static const ul_stream_protocol plain_protocol = {
@@ -389,14 +534,19 @@ static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
   }
   const ul_stream_protocol *proto =
       t->data_received ? &plain_protocol : &buffered_protocol;
+  /* The stream's reference, until connection_lost. */
+  if (PySet_Add(t->loop->open_transports, (PyObject *)t) < 0) {
+    Py_DECREF(t);
+    return NULL;
+  }
   int err = ul_stream_open(t->loop->ul, fd, proto, t, &t->stream);
   if (err < 0) {
     t->stream = NULL;
+    (void)PySet_Discard(t->loop->open_transports, (PyObject *)t);
     Py_DECREF(t);
     return ulpy_raise_errno(err);
   }
   ul_stream_release_fd(t->stream);
-  Py_INCREF(t); /* held by the stream until connection_lost */
   return (PyObject *)t;
 }
 
@@ -438,8 +588,30 @@ static int Transport_clear(TransportObj *t) {
   return 0;
 }
 
+/* asyncio's _SelectorTransport.__del__: a transport collected before its
+ * connection was lost warns and closes its socket. */
+static void Transport_finalize(TransportObj *t) {
+  if (t->sock == NULL || (t->stream == NULL && !t->orphaned))
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R",
+                            (PyObject *)t) < 0)
+    PyErr_WriteUnraisable((PyObject *)t);
+  if (t->stream != NULL)
+    ul_stream_abort(t->stream); /* stop watching the fd before closing it */
+  t->orphaned = 0;              /* warn once */
+  PyObject *r = PyObject_CallMethod(t->sock, "close", NULL);
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
 static void Transport_dealloc(TransportObj *t) {
   PyTypeObject *tp = Py_TYPE(t);
+  if (PyObject_CallFinalizerFromDealloc((PyObject *)t) < 0)
+    return; /* resurrected */
   PyObject_GC_UnTrack(t);
   if (t->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)t);
@@ -463,7 +635,7 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
     return NULL;
   }
-  if (t->empty_waiter != NULL) {
+  if (t->empty_waiter != NULL || t->in_sendfile) {
     PyErr_SetString(PyExc_RuntimeError,
                     "unable to write; sendfile is in progress");
     return NULL;
@@ -477,14 +649,8 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
   }
   if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_count_lost_write(t->loop->st, &t->conn_lost) < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
@@ -513,8 +679,18 @@ static PyObject *Transport_can_write_eof(TransportObj *t,
   Py_RETURN_TRUE;
 }
 
+/* close() or abort() after the loop closed: asyncio's raise when they
+ * schedule connection_lost, and the transport counts as closing. */
+static PyObject *orphan_close(TransportObj *t) {
+  t->orphan_closing = 1;
+  ulpy_check_closed(t->loop);
+  return NULL;
+}
+
 static PyObject *Transport_close(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->orphan_closing)
+    return orphan_close(t);
   if (t->stream != NULL && !ul_stream_is_closing(t->stream)) {
     ul_stream_close(t->stream);
     t->conn_lost += ul_stream_get_write_buffer_size(t->stream) == 0;
@@ -524,6 +700,10 @@ static PyObject *Transport_close(TransportObj *t,
 
 static PyObject *Transport_abort(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->conn_lost) {
+    t->conn_lost++;
+    return orphan_close(t);
+  }
   if (t->stream != NULL && !t->conn_lost) {
     t->conn_lost++;
     ul_stream_abort(t->stream);
@@ -533,6 +713,8 @@ static PyObject *Transport_abort(TransportObj *t,
 
 static PyObject *Transport_is_closing(TransportObj *t,
                                       PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned)
+    return PyBool_FromLong(t->orphan_closing);
   return PyBool_FromLong(t->stream == NULL ||
                          ul_stream_is_closing(t->stream));
 }
@@ -544,15 +726,20 @@ static PyObject *Transport_is_reading(TransportObj *t,
 
 static PyObject *Transport_pause_reading(TransportObj *t,
                                          PyObject *Py_UNUSED(ignored)) {
-  if (t->stream != NULL)
+  if (t->stream != NULL && ul_stream_is_reading(t->stream)) {
     (void)ul_stream_pause_reading(t->stream);
+    debug_log(t, "%r pauses reading", NULL, NULL);
+  }
   Py_RETURN_NONE;
 }
 
 static PyObject *Transport_resume_reading(TransportObj *t,
                                           PyObject *Py_UNUSED(ignored)) {
-  if (t->stream != NULL)
+  if (t->stream != NULL && !ul_stream_is_closing(t->stream) &&
+      !ul_stream_is_reading(t->stream)) {
     (void)ul_stream_resume_reading(t->stream);
+    debug_log(t, "%r resumes reading", NULL, NULL);
+  }
   Py_RETURN_NONE;
 }
 
@@ -562,36 +749,35 @@ static PyObject *Transport_get_write_buffer_size(
                                      : 0);
 }
 
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream) {
+  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
+  if (stream != NULL)
+    ul_stream_get_write_buffer_limits(stream, &low, &high);
+  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+}
+
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw) {
+  Py_ssize_t high, low;
+  if (ulpy_parse_water_marks(loop->st, args, kw, &high, &low) < 0)
+    return NULL;
+  if (stream != NULL)
+    ul_stream_set_write_buffer_limits(stream, high, low);
+  if (PyErr_Occurred())
+    return NULL;
+  Py_RETURN_NONE;
+}
+
 static PyObject *Transport_get_write_buffer_limits(
     TransportObj *t, PyObject *Py_UNUSED(ignored)) {
-  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
-  if (t->stream != NULL)
-    ul_stream_get_write_buffer_limits(t->stream, &low, &high);
-  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+  return ulpy_stream_get_write_buffer_limits(t->stream);
 }
 
 static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
                                                    PyObject *args,
                                                    PyObject *kw) {
-  static char *kwlist[] = {"high", "low", NULL};
-  PyObject *high_o = Py_None, *low_o = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
-    return NULL;
-  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
-  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
-                  : NULL;
-  if (r == NULL)
-    return NULL;
-  Py_ssize_t high, low;
-  int ok = PyArg_ParseTuple(r, "nn", &high, &low);
-  Py_DECREF(r);
-  if (!ok)
-    return NULL;
-  if (t->stream != NULL)
-    ul_stream_set_write_buffer_limits(t->stream, high, low);
-  if (PyErr_Occurred())
-    return NULL;
-  Py_RETURN_NONE;
+  return ulpy_stream_set_write_buffer_limits(t->loop, t->stream, args, kw);
 }
 
 static PyObject *Transport_make_empty_waiter(TransportObj *t,
@@ -619,6 +805,88 @@ static PyObject *Transport_reset_empty_waiter(TransportObj *t,
   Py_RETURN_NONE;
 }
 
+/* ---- loop.sendfile() natively: ul_stream_sendfile ---------------------- */
+
+/* What asyncio's _sock_sendfile_native_impl raises: an error before the
+ * first byte means "use the fallback"; a connection closed under the
+ * sendfile is a ConnectionError (as the empty waiter's). */
+static PyObject *sendfile_exception(int status, uint64_t sent) {
+  if (status == -ECANCELED)
+    return PyObject_CallFunction(PyExc_ConnectionError, "s",
+                                 "Connection is closed by peer");
+  if (sent == 0) {
+    PyObject *mod = PyImport_ImportModule("asyncio.exceptions");
+    PyObject *cls = mod ? PyObject_GetAttrString(mod, "SendfileNotAvailableError")
+                        : NULL;
+    Py_XDECREF(mod);
+    PyObject *exc = cls ? PyObject_CallFunction(cls, "s",
+                                                "os.sendfile call failed")
+                        : NULL;
+    Py_XDECREF(cls);
+    return exc;
+  }
+  return ulpy_exception_from_errno(status);
+}
+
+/* The end of ul_stream_sendfile: `arg` is the future (a reference). */
+static void on_sendfile_done(ul_stream *stream, int status, uint64_t sent,
+                             void *arg) {
+  PyObject *fut = arg, *r;
+  (void)stream;
+  r = PyObject_CallMethod(fut, "done", NULL);
+  int done = r ? PyObject_IsTrue(r) : -1;
+  Py_XDECREF(r);
+  if (done == 0) {
+    if (status == 0) {
+      r = PyObject_CallMethod(fut, "set_result", "(K)",
+                              (unsigned long long)sent);
+    } else {
+      PyObject *exc = sendfile_exception(status, sent);
+      r = exc ? PyObject_CallMethod(fut, "set_exception", "(O)", exc) : NULL;
+      Py_XDECREF(exc);
+    }
+    Py_XDECREF(r);
+  }
+  if (PyErr_Occurred())
+    PyErr_WriteUnraisable(fut);
+  Py_DECREF(fut);
+}
+
+/* _sendfile(fileno, offset, count) -> a future of the bytes sent; count 0
+ * is up to the end of the file.  Writes are refused until _sendfile_end(). */
+static PyObject *Transport_sendfile(TransportObj *t, PyObject *args) {
+  int fd;
+  long long offset;
+  unsigned long long count;
+  if (!PyArg_ParseTuple(args, "iLK", &fd, &offset, &count))
+    return NULL;
+  if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
+    PyErr_SetString(PyExc_RuntimeError, "Transport is closing");
+    return NULL;
+  }
+  PyObject *fut = ulpy_create_future(t->loop);
+  if (fut == NULL)
+    return NULL;
+  int err = ul_stream_sendfile(t->stream, fd, (off_t)offset, count,
+                               on_sendfile_done, fut);
+  if (err < 0) {
+    Py_DECREF(fut);
+    return ulpy_raise_errno(err);
+  }
+  t->in_sendfile = 1;
+  return Py_NewRef(fut); /* the other reference is the callback's */
+}
+
+/* Stops a sendfile still running (the awaiting task was cancelled) and
+ * allows writes again. */
+static PyObject *Transport_sendfile_end(TransportObj *t,
+                                        PyObject *Py_UNUSED(ignored)) {
+  t->in_sendfile = 0;
+  if (t->stream != NULL)
+    (void)ul_stream_sendfile_cancel(t->stream);
+  Py_RETURN_NONE;
+}
+
 static PyObject *Transport_get_protocol(TransportObj *t,
                                         PyObject *Py_UNUSED(ignored)) {
   return Py_NewRef(t->protocol ? t->protocol : Py_None);
@@ -630,16 +898,22 @@ static PyObject *Transport_set_protocol(TransportObj *t, PyObject *protocol) {
   Py_RETURN_NONE;
 }
 
+/* asyncio's _SelectorTransport.__repr__, e.g.
+ * <SocketTransport fd=6 read=polling write=<idle, bufsize=0>>. */
 static PyObject *Transport_repr(TransportObj *t) {
-  const char *state = t->stream == NULL ? " closed"
-                      : ul_stream_is_closing(t->stream) ? " closing"
-                                                        : "";
+  const char *name = strrchr(Py_TYPE(t)->tp_name, '.');
+  name = name ? name + 1 : Py_TYPE(t)->tp_name;
+  if (t->orphaned)
+    return PyUnicode_FromFormat("<%s%s fd=%d>", name,
+                                t->orphan_closing ? " closing" : "", t->fd);
   if (t->stream == NULL)
-    return PyUnicode_FromFormat("<%s%s>", Py_TYPE(t)->tp_name, state);
+    return PyUnicode_FromFormat("<%s closed fd=%d>", name, t->fd);
+  size_t bufsize = ul_stream_get_write_buffer_size(t->stream);
   return PyUnicode_FromFormat(
-      "<%s%s fd=%d read=%s write=<bufsize=%zu>>", Py_TYPE(t)->tp_name, state,
-      t->fd, ul_stream_is_reading(t->stream) ? "polling" : "idle",
-      ul_stream_get_write_buffer_size(t->stream));
+      "<%s%s fd=%d read=%s write=<%s, bufsize=%zu>>", name,
+      ul_stream_is_closing(t->stream) ? " closing" : "", t->fd,
+      ul_stream_is_reading(t->stream) ? "polling" : "idle",
+      bufsize ? "polling" : "idle", bufsize);
 }
 
 static PyObject *Transport_get_sock(TransportObj *t, void *c) {
@@ -693,6 +967,9 @@ static PyMethodDef Transport_methods[] = {
     {"_reset_empty_waiter", (PyCFunction)Transport_reset_empty_waiter,
      METH_NOARGS, NULL},
     {"set_protocol", (PyCFunction)Transport_set_protocol, METH_O, NULL},
+    {"_sendfile", (PyCFunction)Transport_sendfile, METH_VARARGS, NULL},
+    {"_sendfile_end", (PyCFunction)Transport_sendfile_end, METH_NOARGS,
+     NULL},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Transport_getset[] = {
@@ -715,6 +992,7 @@ static PyType_Slot Transport_slots[] = {
     {Py_tp_new, Transport_new},
     {Py_tp_init, Transport_init},
     {Py_tp_dealloc, Transport_dealloc},
+    {Py_tp_finalize, Transport_finalize},
     {Py_tp_traverse, Transport_traverse},
     {Py_tp_clear, Transport_clear},
     {Py_tp_repr, Transport_repr},
