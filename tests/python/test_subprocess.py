@@ -328,6 +328,31 @@ def test_user_watcher_is_respected(loop):
     watcher.attach_loop(None)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to change ids')
+def test_user_group_extra_groups(aloop):
+    async def main():
+        p = await asyncio.create_subprocess_exec(
+            'sh', '-c', 'id -u; id -g; id -G', user=65534, group='nogroup',
+            extra_groups=[65533], stdout=subprocess.PIPE)
+        out, _ = await p.communicate()
+        return out
+    import grp
+    gid = grp.getgrnam('nogroup').gr_gid
+    # id -G: the primary group first, then the others.
+    assert run(aloop, main()) == f'65534\n{gid}\n{gid} 65533\n'.encode()
+
+
+def test_bad_user_group(aloop):
+    with pytest.raises(ValueError):
+        run(aloop, asyncio.create_subprocess_exec('true', user=-5))
+    with pytest.raises(KeyError):
+        run(aloop, asyncio.create_subprocess_exec(
+            'true', group='no-such-group-unixloop'))
+    with pytest.raises(TypeError):
+        run(aloop, asyncio.create_subprocess_exec(
+            'true', extra_groups=[1.5]))
+
+
 def test_popen_only_arguments_use_asyncio_path(loop):
     marks = []
 
