@@ -88,6 +88,12 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
+/* Keeps the current SystemExit / KeyboardInterrupt aside and stops the loop
+ * after this iteration (raised by a C-driven callback: stream, server). */
+void ulpy_stash_fatal(LoopObj *loop);
+
+/* _core_server.c */
+int ulpy_server_exec(PyObject *mod);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

@@ -49,8 +49,7 @@ typedef struct {
 /* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
  * callback: keep it aside and stop the loop after this iteration; the other
  * callbacks of the iteration still run (their data was already read). */
-static void stash_fatal(TransportObj *t) {
-  LoopObj *loop = t->loop;
+void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
                 &loop->pending_exc_tb);
@@ -59,6 +58,10 @@ static void stash_fatal(TransportObj *t) {
   loop->failed = 1;
   if (loop->ul != NULL)
     ul_loop_break(loop->ul, -EINTR);
+}
+
+static void stash_fatal(TransportObj *t) {
+  ulpy_stash_fatal(t->loop);
 }
 
 static void call_exception_handler(TransportObj *t, const char *message,

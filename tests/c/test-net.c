@@ -862,6 +862,38 @@ TEST_IMPL(net_server_open_existing) {
   return 0;
 }
 
+/* ul_server_release_fd: the caller keeps the listening fd, also through
+ * ul_loop_close. */
+TEST_IMPL(net_server_release_fd) {
+  ul_loop *loop = test_loop_new();
+  struct many m;
+
+  memset(&m, 0, sizeof m);
+  m.loop = loop;
+  m.stop_at = 1;
+  int lfd = tcp_raw_server(5, 0);
+  ASSERT_OK(ul_server_open(loop, lfd, 0, many_accept_cb, NULL, &m,
+                           &m.server));
+  ASSERT_EQ(lfd, ul_server_release_fd(m.server));
+  int c = tcp_client(bound_port(lfd));
+  ASSERT_OK(ul_loop_run(loop));
+  ASSERT_EQ(1, m.accepted);
+  many_close_all(&m);
+  test_close(c);
+  ASSERT_OK(ul_server_close(m.server));
+  ASSERT_EQ(1, test_fd_is_open(lfd));   /* still the caller's */
+  ASSERT_EQ(-EINVAL, ul_server_release_fd(NULL));
+
+  /* Left open at ul_loop_close: closed as a server, the fd kept. */
+  ASSERT_OK(ul_server_open(loop, lfd, 0, many_accept_cb, NULL, &m,
+                           &m.server));
+  ASSERT_EQ(lfd, ul_server_release_fd(m.server));
+  CLOSE_LOOP(loop);
+  ASSERT_EQ(1, test_fd_is_open(lfd));
+  test_close(lfd);
+  return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Running out of fds: EMFILE                                               */
 
