@@ -663,6 +663,11 @@ UL_EXTERN int ul_server_is_serving(const ul_server *server);
 /* The listening fd (for getsockname). */
 UL_EXTERN int ul_server_fileno(const ul_server *server);
 
+/* From now on ul_server_close() (and ul_loop_close()) do not close the
+ * listening fd: the caller keeps owning it (a binding whose socket object
+ * closes the fd itself).  Returns the fd.  Errors: -EINVAL (NULL, closed). */
+UL_EXTERN int ul_server_release_fd(ul_server *server);
+
 /* Stops accepting, closes the socket (removing the UNIX socket file it
  * created) and frees the server; no callback runs after it returns.
  * ul_loop_close() closes and frees the servers still open: after it, the

@@ -258,9 +258,11 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
       return;
     }
   }
+  /* recv() on a socket: read() would go through the VFS layer (file
+   * position lock, fsnotify) for nothing. */
   ssize_t n;
   do
-    n = read(fd, buf, cap);
+    n = s->is_socket ? recv(fd, buf, cap, 0) : read(fd, buf, cap);
   while (n == -1 && errno == EINTR);
   if (n == -1) {
     if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -350,7 +352,13 @@ static ssize_t stream_writev(ul_stream *s, const struct iovec *iov,
   ssize_t n;
   if (iovcnt > IOV_MAX)
     iovcnt = IOV_MAX;
-  if (s->is_socket) {
+  if (s->is_socket && iovcnt == 1) {
+    /* One buffer (the common case): send() spares the kernel copying in
+     * a msghdr and an iovec array. */
+    do
+      n = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    while (n == -1 && errno == EINTR);
+  } else if (s->is_socket) {
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = (struct iovec *)iov;

@@ -1507,6 +1507,8 @@ static int core_exec(PyObject *mod) {
     return -1;
   if (ulpy_process_exec(mod, st) < 0)
     return -1;
+  if (ulpy_server_exec(mod) < 0)
+    return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||
       PyModule_AddType(mod, st->LoopType) < 0)

@@ -95,6 +95,12 @@ PyObject *ulpy_create_future(LoopObj *self);
 
 /* _core_transport.c */
 int ulpy_transport_exec(PyObject *mod, core_state *st);
+/* Keeps the current SystemExit / KeyboardInterrupt aside and stops the loop
+ * after this iteration (raised by a C-driven callback: stream, server). */
+void ulpy_stash_fatal(LoopObj *loop);
+
+/* _core_server.c */
+int ulpy_server_exec(PyObject *mod);
 
 /* _core.c: the reference a C transport holds on its Python object from
  * opening until connection_lost is kept in loop->open_transports.  When the
