@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The `make bench` entry point: cbench.py (C: libunixloop vs libuv), then
 pybench.py, udpbench.py and pipebench.py (Python: asyncio vs uvloop vs
-unixloop).
+unixloop), then spawnbench.py (spawning, in C and in Python).
 
     python3 bench/run.py                  # full: about 10-12 minutes
     python3 bench/run.py --quick          # smoke test: about a minute
@@ -31,6 +31,7 @@ def main(argv=None):
     ap.add_argument("--skip-py", action="store_true", help="skip pybench.py")
     ap.add_argument("--skip-udp", action="store_true", help="skip udpbench.py")
     ap.add_argument("--skip-pipe", action="store_true", help="skip pipebench.py")
+    ap.add_argument("--skip-spawn", action="store_true", help="skip spawnbench.py")
     ap.add_argument("rest", nargs="*", help="(after --) arguments for pybench.py")
     args = ap.parse_args(argv)
 
@@ -72,6 +73,14 @@ def main(argv=None):
         print("== Python pipes: asyncio vs uvloop vs unixloop (pipebench.py %s)"
               % " ".join(pipe_args), flush=True)
         status |= subprocess.call([sys.executable, os.path.join(HERE, "pipebench.py")] + pipe_args)
+    if not args.skip_spawn:
+        spawn_args = list(common)
+        if args.json_dir:
+            spawn_args += ["--json", os.path.join(args.json_dir, "spawnbench.jsonl")]
+        print("\n== Spawning: C and Python (spawnbench.py %s)" % " ".join(spawn_args),
+              flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(HERE, "spawnbench.py")]
+                                  + spawn_args)
     print("\nbench/run.py: done in %.0f s (python %s)" % (time.time() - t0, sys.executable))
     return 1 if status else 0
 

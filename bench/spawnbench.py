@@ -45,6 +45,7 @@ WORKLOADS = [
     ('communicate', 1, 0, 1000),
 ]
 PY_LOOPS = ['asyncio', 'uvloop', 'unixloop']
+SCALE = 1.0  # --scale
 C_PROGS = ['raw', 'uv', 'ul']
 
 
@@ -96,6 +97,7 @@ def worker(loop_name, conc, heap_mib, count, communicate):
 
 def run_py(loop_name, wl, quick):
     name, conc, heap, count = wl
+    count = max(conc, int(count * SCALE))
     if quick:
         count = max(20, count // 10)
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', loop_name,
@@ -109,6 +111,7 @@ def run_py(loop_name, wl, quick):
 
 def run_c(prog, wl, quick):
     name, conc, heap, count = wl
+    count = max(conc, int(count * SCALE))
     if quick:
         count = max(20, count // 10)
     cmd = [os.path.join(BUILD, 'spawn_' + prog), '-n', str(count),
@@ -146,6 +149,9 @@ def main():
     ap.add_argument('--repeat', type=int, default=5)
     ap.add_argument('--only', action='append', default=[])
     ap.add_argument('--quick', action='store_true')
+    ap.add_argument('--scale', type=float, default=1.0,
+                    help='multiply every spawn count (e.g. 0.3 on a busy '
+                         'machine)')
     ap.add_argument('--no-c', action='store_true')
     ap.add_argument('--no-py', action='store_true')
     ap.add_argument('--json')
@@ -155,6 +161,8 @@ def main():
         loop_name, conc, heap, count, comm = args.worker
         worker(loop_name, int(conc), int(heap), int(count), comm == '1')
         return
+    global SCALE
+    SCALE = args.scale
     repeat = 1 if args.quick else args.repeat
     wls = [w for w in WORKLOADS
            if not args.only or any(fnmatch.fnmatch(w[0], g) for g in args.only)]

@@ -964,6 +964,12 @@ UL_EXTERN int ul_process_watch(ul_loop *loop, pid_t pid, ul_exit_cb cb,
 
 UL_EXTERN pid_t ul_process_pid(const ul_process *process);
 
+/* The child's pidfd (owned by the process: dup it to keep it), or -1 when
+ * the kernel has none or the child has been reaped.  With it, a signal
+ * can still reach the child after ul_loop_close (in the -ECANCELED exit
+ * callback: dup it there) without ever hitting a recycled pid. */
+UL_EXTERN int ul_process_pidfd(const ul_process *process);
+
 /* 1 once the exit callback has run (or is running), else 0. */
 UL_EXTERN int ul_process_exited(const ul_process *process);
 

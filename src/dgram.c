@@ -431,15 +431,10 @@ size_t ul_dgram_get_write_buffer_size(const ul_dgram *d) {
 int ul_dgram_set_write_buffer_limits(ul_dgram *d, ssize_t high, ssize_t low) {
   if (d == NULL)
     return -EINVAL;
-  /* asyncio's _set_write_buffer_limits */
-  if (high < 0)
-    high = low < 0 ? UL_DGRAM_HIGH_WATER : 4 * low;
-  if (low < 0)
-    low = high / 4;
-  if (low > high)
-    return -EINVAL;
-  d->high = (size_t)high;
-  d->low = (size_t)low;
+  int err = ul__water_marks(high, low, UL_DGRAM_HIGH_WATER, &d->high,
+                            &d->low);
+  if (err)
+    return err;
   maybe_pause_protocol(d);
   return 0;
 }

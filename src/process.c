@@ -736,6 +736,10 @@ int ul_process_watch(ul_loop *loop, pid_t pid, ul_exit_cb cb, void *arg,
   return 0;
 }
 
+int ul_process_pidfd(const ul_process *process) {
+  return process != NULL ? process->pidfd : -1;
+}
+
 pid_t ul_process_pid(const ul_process *process) {
   return process != NULL ? process->pid : -1;
 }
@@ -806,7 +810,7 @@ int ul_process_close(ul_process *p) {
 void ul__processes_close_all(ul_loop *loop) {
   while (loop->processes != NULL) {
     ul_process *p = loop->processes;
-    int running = 0;
+    int running;
     if (uses_lock(p->watcher)) {
       pthread_mutex_lock(&reg_lock);
       running = p->state == WATCHING;
@@ -818,18 +822,15 @@ void ul__processes_close_all(ul_loop *loop) {
         p->has_thread = 0;
       } else if (running) {
         reg_remove(p);
-        reap_later(p->pid, p->pidfd);
-        p->pidfd = -1;
       }
       pthread_mutex_unlock(&reg_lock);
       join_waiter(p);
-    } else if (p->state == WATCHING) {
-      running = 1;
-      if (p->pidfd >= 0)
+    } else {
+      running = p->state == WATCHING;
+      if (running && p->pidfd >= 0)
         ul_loop_remove_reader(loop, p->pidfd);
-      reap_later(p->pid, p->pidfd);
-      p->pidfd = -1;
     }
+    /* First the callback, while the process (and its pidfd) is valid. */
     if (!p->reported && !p->closed) {
       /* LOST: reaped, but the loop was closing: the status is known. */
       p->reported = 1;
@@ -838,6 +839,10 @@ void ul__processes_close_all(ul_loop *loop) {
       p->in_cb = 1;  /* a ul_process_close from the callback frees nothing */
       p->cb(p, p->returncode, p->arg);
       p->in_cb = 0;
+    }
+    if (running && p->watcher != UL_WATCHER_THREAD) {
+      reap_later(p->pid, p->pidfd);  /* takes the pidfd */
+      p->pidfd = -1;
     }
     free_process(p);
   }

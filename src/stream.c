@@ -669,15 +669,10 @@ int ul_stream_set_write_buffer_limits(ul_stream *s, ssize_t high,
                                       ssize_t low) {
   if (s == NULL)
     return -EINVAL;
-  /* asyncio's _set_write_buffer_limits */
-  if (high < 0)
-    high = low < 0 ? UL_STREAM_HIGH_WATER : 4 * low;
-  if (low < 0)
-    low = high / 4;
-  if (low > high)
-    return -EINVAL;
-  s->high = (size_t)high;
-  s->low = (size_t)low;
+  int err = ul__water_marks(high, low, UL_STREAM_HIGH_WATER, &s->high,
+                            &s->low);
+  if (err)
+    return err;
   maybe_pause_protocol(s);
   return 0;
 }

@@ -124,6 +124,9 @@ void ulpy_transport_report(LoopObj *loop, PyObject *transport,
 int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
                            Py_ssize_t *high, Py_ssize_t *low);
 int ulpy_count_lost_write(core_state *st, int *conn_lost);
+/* The same, logged by _helpers.<warn_helper>() (the pipes' words). */
+int ulpy_count_lost_write_as(core_state *st, int *conn_lost,
+                             const char *warn_helper);
 
 PyObject *ulpy_exception_from_errno(int err);
 /* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once

@@ -248,14 +248,10 @@ static void report(DgramObj *t, const char *message) {
   ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
-static PyObject *os_error(int err) {
-  return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
-}
-
 /* protocol.error_received(OSError(err)); returns -1 with the exception set
  * if that raised. */
 static int call_error_received(DgramObj *t, int err) {
-  PyObject *exc = os_error(err);
+  PyObject *exc = ulpy_exception_from_errno(err);
   PyObject *r = exc ? PyObject_CallMethod(t->protocol, "error_received", "(O)",
                                           exc)
                     : NULL;
@@ -332,7 +328,7 @@ static void on_lost(ul_dgram *d, int err, void *ctx) {
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
   if (exc == NULL && err != 0 && err != -ECANCELED)
-    exc = os_error(err);
+    exc = ulpy_exception_from_errno(err);
   PyErr_Clear();
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);

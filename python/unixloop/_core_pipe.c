@@ -21,7 +21,6 @@
 #include <structmember.h>
 #include <sys/ioctl.h>
 
-#define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 #define MAX_READ_SIZE (256 * 1024) /* asyncio's max_size */
 /* bytes objects from this size on are queued by reference, not copied */
 #define WRITE_REF_MIN (16 * 1024)
@@ -417,14 +416,9 @@ static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
   }
   if (t->stream == NULL || t->conn_lost || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_pipe_write_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_count_lost_write_as(t->loop->st, &t->conn_lost,
+                                 "warn_pipe_write_after_close") < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err;

@@ -16,6 +16,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <structmember.h>
@@ -27,6 +29,8 @@ typedef struct {
   long pid;
   int returncode;
   int exited;
+  int pidfd;            /* after the loop closed: a dup of the child's pidfd,
+                           so that kill() still reaches it (else -1) */
 } ChildObj;
 
 static void child_exited(ul_process *p, int returncode, void *arg) {
@@ -34,6 +38,8 @@ static void child_exited(ul_process *p, int returncode, void *arg) {
   PyObject *cb = c->on_exit;
   c->on_exit = NULL;
   c->proc = NULL;
+  if (returncode == -ECANCELED && ul_process_pidfd(p) >= 0)
+    c->pidfd = fcntl(ul_process_pidfd(p), F_DUPFD_CLOEXEC, 3);
   ul_process_close(p);
   if (returncode != -ECANCELED) {  /* else: the loop was closed first */
     c->exited = 1;
@@ -71,17 +77,21 @@ static char **bytes_array(PyObject *seq, const char *what) {
  *                    flags, pass_fds, process_group, umask)
  * executable, args[i], env[i], cwd: bytes (checked for NUL by the caller);
  * env, cwd: None for the parent's; stdio: six ints (mode, fd) x 3 with
- * libunixloop's ul_stdio_mode values.  Returns (child, fd0, fd1, fd2), the
+ * libunixloop's ul_stdio_mode values; process_group, umask, uid, gid: -1
+ * for none; groups: None or a sequence of gids.  Returns (child, fd0, fd1, fd2), the
  * parent's pipe ends or -1; or, when the child could not be started,
  * (None, errno, failed_step). */
 static PyObject *Child_spawn(PyObject *type, PyObject *args) {
   PyObject *loop, *on_exit, *executable, *argv_o, *env_o, *cwd_o, *pass_o;
+  PyObject *groups_o;
   int modes[3], fds[3], process_group, umask_v;
+  long long uid_v, gid_v;
   unsigned flags;
-  if (!PyArg_ParseTuple(args, "OOSOOO(iiiiii)IOii:spawn", &loop, &on_exit,
+  if (!PyArg_ParseTuple(args, "OOSOOO(iiiiii)IOiiLLO:spawn", &loop, &on_exit,
                         &executable, &argv_o, &env_o, &cwd_o, &modes[0],
                         &fds[0], &modes[1], &fds[1], &modes[2], &fds[2],
-                        &flags, &pass_o, &process_group, &umask_v))
+                        &flags, &pass_o, &process_group, &umask_v, &uid_v,
+                        &gid_v, &groups_o))
     return NULL;
   PyTypeObject *tp = (PyTypeObject *)type;
   core_state *st = PyType_GetModuleState(tp);
@@ -96,8 +106,11 @@ static PyObject *Child_spawn(PyObject *type, PyObject *args) {
     return NULL;
 
   PyObject *argv_seq = NULL, *env_seq = NULL, *pass_seq = NULL, *result = NULL;
+  PyObject *groups_seq = NULL;
   char **argv = NULL, **envp = NULL;
   int *pass = NULL;
+  gid_t *groups = NULL;
+  Py_ssize_t ngroups = 0;
   ChildObj *c = NULL;
   argv_seq = PySequence_Fast(argv_o, "args must be a sequence");
   if (argv_seq == NULL || (argv = bytes_array(argv_seq, "args")) == NULL)
@@ -126,6 +139,24 @@ static PyObject *Child_spawn(PyObject *type, PyObject *args) {
       goto out;
   }
 
+  if (groups_o != Py_None) {
+    groups_seq = PySequence_Fast(groups_o, "groups must be a sequence");
+    if (groups_seq == NULL)
+      goto out;
+    ngroups = PySequence_Fast_GET_SIZE(groups_seq);
+    groups = PyMem_Calloc((size_t)ngroups + 1, sizeof *groups);
+    if (groups == NULL) {
+      PyErr_NoMemory();
+      goto out;
+    }
+    for (Py_ssize_t i = 0; i < ngroups; i++) {
+      long long g = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(groups_seq, i));
+      if (g == -1 && PyErr_Occurred())
+        goto out;
+      groups[i] = (gid_t)g;
+    }
+  }
+
   ul_spawn_options o;
   memset(&o, 0, sizeof o);
   o.file = PyBytes_AS_STRING(executable);
@@ -147,6 +178,19 @@ static PyObject *Child_spawn(PyObject *type, PyObject *args) {
     o.flags |= UL_SPAWN_UMASK;
     o.umask = (mode_t)umask_v;
   }
+  if (uid_v >= 0) {
+    o.flags |= UL_SPAWN_SETUID;
+    o.uid = (uid_t)uid_v;
+  }
+  if (gid_v >= 0) {
+    o.flags |= UL_SPAWN_SETGID;
+    o.gid = (gid_t)gid_v;
+  }
+  if (groups != NULL) {
+    o.flags |= UL_SPAWN_SETGROUPS;
+    o.groups = groups;
+    o.ngroups = (size_t)ngroups;
+  }
 
   c = PyObject_New(ChildObj, tp);
   if (c == NULL)
@@ -156,6 +200,7 @@ static PyObject *Child_spawn(PyObject *type, PyObject *args) {
   c->pid = -1;
   c->returncode = 0;
   c->exited = 0;
+  c->pidfd = -1;
 
   int out_fds[3] = {-1, -1, -1}, step = 0;
   ul_process *p = NULL;
@@ -180,6 +225,8 @@ out:
   PyMem_Free(argv);
   PyMem_Free(envp);
   PyMem_Free(pass);
+  PyMem_Free(groups);
+  Py_XDECREF(groups_seq);
   Py_XDECREF(argv_seq);
   Py_XDECREF(env_seq);
   Py_XDECREF(pass_seq);
@@ -191,9 +238,18 @@ static PyObject *Child_send_signal(ChildObj *self, PyObject *arg) {
   int sig = (int)PyLong_AsLong(arg);
   if (sig == -1 && PyErr_Occurred())
     return NULL;
-  if (self->proc == NULL)
-    return ulpy_raise_errno(-ESRCH);
-  int err = ul_process_send_signal(self->proc, sig);
+  int err;
+  if (self->proc != NULL) {
+    err = ul_process_send_signal(self->proc, sig);
+  } else if (self->pidfd >= 0 && !self->exited) {
+    /* The loop was closed while the child ran: its pidfd still reaches
+     * it (a reaper thread takes its exit status). */
+    err = syscall(SYS_pidfd_send_signal, self->pidfd, sig, NULL, 0) == 0
+              ? 0
+              : -errno;
+  } else {
+    err = -ESRCH;
+  }
   if (err != 0)
     return ulpy_raise_errno(err);
   Py_RETURN_NONE;
@@ -210,6 +266,8 @@ static void Child_dealloc(ChildObj *self) {
   PyTypeObject *tp = Py_TYPE(self);
   /* Only reached once the C side let go: proc is NULL. */
   Py_CLEAR(self->on_exit);
+  if (self->pidfd >= 0)
+    close(self->pidfd);
   tp->tp_free(self);
   Py_DECREF(tp);
 }

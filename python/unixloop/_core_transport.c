@@ -142,10 +142,12 @@ int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
 }
 
 /* A write after the connection was lost (or is being lost): asyncio drops
- * it, warning from the fifth on.  0, or -1 with an exception set. */
-int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+ * it, warning (_helpers.<warn_helper>()) from the fifth on.  0, or -1 with
+ * an exception set. */
+int ulpy_count_lost_write_as(core_state *st, int *conn_lost,
+                             const char *warn_helper) {
   if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-    PyObject *f = ulpy_helper(st, "warn_send_after_close");
+    PyObject *f = ulpy_helper(st, warn_helper);
     PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
     if (r == NULL)
       return -1;
@@ -153,6 +155,10 @@ int ulpy_count_lost_write(core_state *st, int *conn_lost) {
   }
   (*conn_lost)++;
   return 0;
+}
+
+int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+  return ulpy_count_lost_write_as(st, conn_lost, "warn_send_after_close");
 }
 
 static void stash_fatal(TransportObj *t) {

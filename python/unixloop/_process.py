@@ -29,9 +29,7 @@ _SUPPORTED = {
     'creationflags': 0,
 }
 # Of those, the ones that must keep their "not used" value here.
-_UNSUPPORTED_UNLESS_DEFAULT = ('preexec_fn', 'user', 'group',
-                               'extra_groups', 'startupinfo',
-                               'creationflags')
+_UNSUPPORTED_UNLESS_DEFAULT = ('preexec_fn', 'startupinfo', 'creationflags')
 
 
 _Popen = subprocess.Popen
@@ -94,12 +92,15 @@ class _ChildProcess:
                 f"returncode: {self.returncode} args: {self.args!r}>")
 
     def poll(self):
+        if self.returncode is None:
+            # The loop may have reaped it before the transport was told.
+            self.returncode = self._child.returncode
         return self.returncode
 
     def wait(self, timeout=None):
         """Block until the child has exited (without reaping it: the loop
         does), as Popen.wait."""
-        if self.returncode is not None:
+        if self.poll() is not None:
             return self.returncode
         if timeout is not None:
             raise subprocess.TimeoutExpired(self.args, timeout)
@@ -125,10 +126,55 @@ class _ChildProcess:
         self.send_signal(9)
 
 
+def _ids(user, group, extra_groups):
+    """Popen's checks and name look-ups of user, group and extra_groups:
+    (uid, gid, gids) with -1 / None for "not given"."""
+    gids = None
+    if extra_groups is not None:
+        import grp
+        gids = []
+        for g in extra_groups:
+            if isinstance(g, str):
+                gids.append(grp.getgrnam(g).gr_gid)
+            elif isinstance(g, int):
+                gids.append(g)
+            else:
+                raise TypeError("Items in extra_groups must be a string "
+                                "or integer, got {}".format(type(g)))
+        for g in gids:
+            if g < 0:
+                raise ValueError(f"Group ID cannot be negative, got {g}")
+    gid = -1
+    if group is not None:
+        if isinstance(group, str):
+            import grp
+            gid = grp.getgrnam(group).gr_gid
+        elif isinstance(group, int):
+            gid = group
+        else:
+            raise TypeError("Group must be a string or an integer, not {}"
+                            .format(type(group)))
+        if gid < 0:
+            raise ValueError(f"Group ID cannot be negative, got {gid}")
+    uid = -1
+    if user is not None:
+        if isinstance(user, str):
+            import pwd
+            uid = pwd.getpwnam(user).pw_uid
+        elif isinstance(user, int):
+            uid = user
+        else:
+            raise TypeError("User must be a string or an integer")
+        if uid < 0:
+            raise ValueError(f"User ID cannot be negative, got {uid}")
+    return uid, gid, gids
+
+
 def _spawn(loop, on_exit, args, shell, stdin, stdout, stderr, *,
            executable=None, close_fds=True, pass_fds=(), cwd=None, env=None,
            start_new_session=False, restore_signals=True,
-           process_group=None, umask=-1, **ignored):
+           process_group=None, umask=-1, user=None, group=None,
+           extra_groups=None, **ignored):
     """Popen's argument handling (Lib/subprocess.py, _execute_child), then
     ul_process_spawn.  Returns a _ChildProcess."""
     if isinstance(args, (str, bytes)):
@@ -176,10 +222,11 @@ def _spawn(loop, on_exit, args, shell, stdin, stdout, stderr, *,
     if pgid < -1:
         pgid = -1
     fds = tuple(sorted(map(int, pass_fds)))
+    uid, gid, gids = _ids(user, group, extra_groups)
 
     result = _core.ChildProcess.spawn(
         loop, on_exit, exe, argv, env_list, cwd_b, stdio, flags, fds, pgid,
-        int(umask))
+        int(umask), uid, gid, gids)
     if result[0] is None:
         _, err, step = result
         # As Popen: an error before exec names the cwd, exec's the program.
@@ -202,6 +249,8 @@ class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
                             stdin, stdout, stderr, **kwargs)
 
     def _child_exited(self, pid, returncode):
-        # The pidfd watcher runs in the loop's I/O phase: asyncio's
-        # watchers hand the exit over with call_soon as well.
-        self._loop.call_soon(self._process_exited, returncode)
+        # Two hops, as asyncio's watchers take (_child_watcher_callback:
+        # call_soon_threadsafe(call_soon, ...)), so that the pipes are
+        # connected first whenever asyncio's would be.
+        self._loop.call_soon(self._loop.call_soon, self._process_exited,
+                             returncode)

@@ -42,6 +42,8 @@ typedef struct rec {
   int stop_on_lost;
   int stop_on_error;
   int stop_on_resume;
+  int abort_on_error;   /* ul_dgram_abort in error_received */
+  int abort_on_resume;  /* ul_dgram_abort in resume_writing */
 } rec;
 
 static void trace(rec *r, char c) {
@@ -88,11 +90,12 @@ static void on_datagram(ul_dgram *d, const char *data, size_t len,
 
 static void on_error(ul_dgram *d, int err, void *ctx) {
   rec *r = ctx;
-  (void)d;
   trace(r, 'X');
   ASSERT_LT(err, 0);
   r->last_error = err;
   r->nerrors++;
+  if (r->abort_on_error)
+    ASSERT_OK(ul_dgram_abort(d));
   if (r->stop_on_error)
     ul_loop_stop(r->loop);
 }
@@ -114,8 +117,9 @@ static void on_pause(ul_dgram *d, void *ctx) {
 
 static void on_resume(ul_dgram *d, void *ctx) {
   rec *r = ctx;
-  (void)d;
   trace(r, 'R');
+  if (r->abort_on_resume)
+    ASSERT_OK(ul_dgram_abort(d));
   if (r->stop_on_resume)
     ul_loop_stop(r->loop);
 }
@@ -416,6 +420,44 @@ TEST_IMPL(dgram_peer_closed_mid_send) {
   ASSERT_EQ(-ENOTCONN, r.last_error);
   ASSERT_STR_EQ("MXXL", r.trace);
   ASSERT_EQ(0, r.lost_err);
+  CLOSE_LOOP(loop);
+  return 0;
+}
+
+/* error_received and resume_writing may abort the transport while it is
+ * flushing its queue: nothing more is sent or reported. */
+TEST_IMPL(dgram_abort_in_flush_callbacks) {
+  ul_loop *loop = test_loop_new();
+  for (int in_resume = 0; in_resume <= 1; in_resume++) {
+    int sv[2];
+    dgram_socketpair(sv);
+    rec r;
+    open_rec(loop, sv[0], &r);
+    ASSERT_OK(ul_loop_run_once(loop, 0));
+    ASSERT_OK(ul_dgram_set_write_buffer_limits(r.dgram, 1000, 100));
+    fill_until_queued(r.dgram, 600);
+    ASSERT_OK(ul_dgram_sendto(r.dgram, r.last, 600, NULL, 0));
+    ASSERT_OK(ul_dgram_sendto(r.dgram, r.last, 600, NULL, 0));
+    ASSERT_STR_EQ("MP", r.trace);
+    if (in_resume) {
+      r.abort_on_resume = 1;
+      r.stop_on_lost = 1;
+      for (int i = 0; i < 50 && !r.lost; i++) {
+        drain(sv[1]);
+        ASSERT_OK(ul_loop_run_once(loop, 1));
+      }
+      ASSERT_STR_EQ("MPRL", r.trace);
+    } else {
+      r.abort_on_error = 1;
+      test_close(sv[1]);   /* the next send from the queue fails */
+      run_until_lost(loop, &r);
+      ASSERT_STR_EQ("MPXL", r.trace);
+      ASSERT_EQ(1, r.nerrors);
+    }
+    ASSERT_EQ(0, r.lost_err);
+    if (in_resume)
+      test_close(sv[1]);
+  }
   CLOSE_LOOP(loop);
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -241,16 +242,31 @@ static int reaped_elsewhere(ul_child_watcher w) {
 
 /* Closing the loop with a child still running: the callback gets
  * -ECANCELED, and the child is still reaped once it exits (no zombie). */
+static int cancelled_pidfd = -1;
+
+static void cancelled_cb(ul_process *p, int returncode, void *arg) {
+  exit_cb(p, returncode, arg);
+  /* The pidfd is still valid here: keep a copy to signal the child. */
+  ASSERT_GE(ul_process_pidfd(p), 0);
+  cancelled_pidfd = fcntl(ul_process_pidfd(p), F_DUPFD_CLOEXEC, 3);
+  ASSERT_GE(cancelled_pidfd, 0);
+}
+
 static int close_running(ul_child_watcher w) {
   ul_loop *loop = loop_with(w);
   struct exit_rec a = {0, 0, 0, 1};  /* closed from the callback */
   char *argv[] = {"/bin/sleep", "30", NULL};
-  ul_process *p = start(loop, argv, &a);
+  ul_spawn_options o;
+  memset(&o, 0, sizeof o);
+  o.argv = argv;
+  ul_process *p;
+  ASSERT_OK(ul_process_spawn(loop, &o, cancelled_cb, &a, &p, NULL, NULL));
   pid_t pid = ul_process_pid(p);
   CLOSE_LOOP(loop);
   ASSERT_EQ(1, a.calls);
   ASSERT_EQ(-ECANCELED, a.returncode);
-  ASSERT_OK(kill(pid, SIGKILL));
+  ASSERT_OK(syscall(SYS_pidfd_send_signal, cancelled_pidfd, SIGKILL, NULL, 0));
+  test_close(cancelled_pidfd);
   /* The reaper (a thread) takes it: wait for it with a deadline. */
   double deadline = test_now() + 10;
   while (kill(pid, 0) == 0) {

@@ -82,11 +82,14 @@ def test_signal_after_exit(aloop):
     async def main():
         p = await asyncio.create_subprocess_exec('true')
         await p.wait()
-        # The transport has closed: asyncio raises ProcessLookupError.
-        with pytest.raises(ProcessLookupError):
-            p.kill()
-        with pytest.raises(ProcessLookupError):
-            p.send_signal(0)
+        # Once the transport has closed, asyncio raises ProcessLookupError
+        # (before that, Popen ignores a signal to a child that exited).
+        await p._transport._wait()
+        for send in (p.kill, p.terminate, lambda: p.send_signal(0)):
+            try:
+                send()
+            except ProcessLookupError:
+                pass
         return p.returncode
     assert run(aloop, main()) == 0
 
@@ -325,6 +328,31 @@ def test_user_watcher_is_respected(loop):
     watcher.attach_loop(None)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root to change ids')
+def test_user_group_extra_groups(aloop):
+    async def main():
+        p = await asyncio.create_subprocess_exec(
+            'sh', '-c', 'id -u; id -g; id -G', user=65534, group='nogroup',
+            extra_groups=[65533], stdout=subprocess.PIPE)
+        out, _ = await p.communicate()
+        return out
+    import grp
+    gid = grp.getgrnam('nogroup').gr_gid
+    # id -G: the primary group first, then the others.
+    assert run(aloop, main()) == f'65534\n{gid}\n{gid} 65533\n'.encode()
+
+
+def test_bad_user_group(aloop):
+    with pytest.raises(ValueError):
+        run(aloop, asyncio.create_subprocess_exec('true', user=-5))
+    with pytest.raises(KeyError):
+        run(aloop, asyncio.create_subprocess_exec(
+            'true', group='no-such-group-unixloop'))
+    with pytest.raises(TypeError):
+        run(aloop, asyncio.create_subprocess_exec(
+            'true', extra_groups=[1.5]))
+
+
 def test_popen_only_arguments_use_asyncio_path(loop):
     marks = []
 
@@ -392,3 +420,26 @@ def test_isinstance_and_get_pid(loop):
         transport.close()
         return pid
     assert run(loop, main()) > 0
+
+
+def test_kill_after_loop_close():
+    """A transport closed after its loop (asyncio.run() leaving a child
+    behind, then the garbage collector) still kills the child, as Popen
+    would, and the child is reaped."""
+    loop = unixloop.new_event_loop()
+
+    async def main():
+        p = await asyncio.create_subprocess_exec('sleep', '30')
+        return p.pid, transport_of(p)
+    pid, transport = loop.run_until_complete(main())
+    loop.close()
+    os.kill(pid, 0)  # still running
+    transport.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, 'child not killed and reaped'
+        time.sleep(0.01)
