@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """UDP echo: asyncio vs uvloop vs unixloop, side by side.
 
-    python3 bench/udpbench.py                     # 64 B, 1 KiB, 8 KiB; 5 runs
+    python3 bench/udpbench.py                     # every workload; 5 runs
     python3 bench/udpbench.py --repeat 7 --only 'udp_echo_1k'
     python3 bench/udpbench.py --json out.jsonl
 
@@ -10,7 +10,9 @@ create_datagram_endpoint(local_addr=('127.0.0.1', 0)) with a DatagramProtocol
 whose datagram_received does transport.sendto(data, addr), its receive
 buffer asked at 1 MiB.  The client is bench/build/udp_client (built if
 missing) in its own process: 16 flows, one UDP socket each, one datagram in
-flight per flow, 200 ms retransmit timeout.  The server's CPU time
+flight per flow, 200 ms retransmit timeout.  unixdgram_echo_* do the same over
+UNIX-domain datagram sockets (server bound to a path, each flow bound to its
+own, 8 flows; uvloop 0.17 cannot make such an endpoint and shows '-').  The server's CPU time
 (getrusage) is taken over the client's measured window: on a 2-core machine
 the client nearly fills the other core at uvloop's speed, so compare loops by
 server CPU time per request; requests/s is beside it.  Runs are interleaved
@@ -22,10 +24,12 @@ import fnmatch
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,8 +37,23 @@ sys.path.insert(0, HERE)
 import pybench  # noqa: E402  (new_loop, run_client, check_loop, fmt, ...)
 
 FLOWS = 16
+# A UNIX-domain datagram socket queues at most net.unix.max_dgram_qlen
+# (default 10) datagrams; more flows than that make the client's sends fail
+# with EAGAIN whenever the server lags, and the figure depend on the timeout.
+UNIX_FLOWS = 8
 RCVBUF = 1 << 20
-WORKLOADS = {"udp_echo_64": 64, "udp_echo_1k": 1024, "udp_echo_8k": 8192}
+# name: (family, datagram size)
+WORKLOADS = {
+    "udp_echo_64": ("udp", 64),
+    "udp_echo_1k": ("udp", 1024),
+    "udp_echo_8k": ("udp", 8192),
+    "unixdgram_echo_64": ("unix", 64),
+    "unixdgram_echo_1k": ("unix", 1024),
+}
+
+
+class Unsupported(Exception):
+    """The loop cannot make this endpoint (uvloop 0.17: AF_UNIX datagrams)."""
 
 
 class EchoProtocol(asyncio.DatagramProtocol):
@@ -45,24 +64,44 @@ class EchoProtocol(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)
 
 
-def run_udp_echo(loop, size, warmup, duration, client):
-    """Serves UDP echo on `loop`, runs the client against it and measures
-    this process's CPU time over the client's measured window
+def run_udp_echo(loop, family, size, warmup, duration, client):
+    """Serves datagram echo on `loop` (UDP on 127.0.0.1, or a UNIX-domain
+    datagram socket), runs the client against it and measures this
+    process's CPU time over the client's measured window
     (pybench.run_client)."""
-    transport, _ = loop.run_until_complete(loop.create_datagram_endpoint(
-        EchoProtocol, local_addr=("127.0.0.1", 0)))
+    tmpdir = None
+    if family == "udp":
+        kw = {"local_addr": ("127.0.0.1", 0)}
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="udpbench-")
+        path = os.path.join(tmpdir, "echo.sock")
+        kw = {"local_addr": path, "family": socket.AF_UNIX}
+    try:
+        transport, _ = loop.run_until_complete(
+            loop.create_datagram_endpoint(EchoProtocol, **kw))
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise Unsupported("%s: %s" % (type(e).__name__, e))
     sock = transport.get_extra_info("socket")
     if RCVBUF:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-    host, port = transport.get_extra_info("sockname")[:2]
-    cmd = [client, "-a", "%s:%d" % (host, port), "-c", str(FLOWS),
-           "-s", str(size), "-d", str(duration), "-w", str(warmup)]
+    if family == "udp":
+        host, port = transport.get_extra_info("sockname")[:2]
+        target = ["-a", "%s:%d" % (host, port)]
+    else:
+        target = ["-u", path]
+    flows = FLOWS if family == "udp" else UNIX_FLOWS
+    cmd = [client] + target + ["-c", str(flows), "-s", str(size),
+                               "-d", str(duration), "-w", str(warmup)]
 
     def cleanup():
         transport.close()
         loop.run_until_complete(asyncio.sleep(0))
 
-    figures, res = pybench.run_client(loop, cmd, cleanup)
+    try:
+        figures, res = pybench.run_client(loop, cmd, cleanup)
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     for key in ("losses", "late", "send_errors"):
         figures[key] = res[key]
     return figures
@@ -71,9 +110,12 @@ def run_udp_echo(loop, size, warmup, duration, client):
 def worker(args):
     loop = pybench.new_loop(args.loop)
     asyncio.set_event_loop(loop)
+    family, size = WORKLOADS[args.worker]
     try:
-        res = run_udp_echo(loop, WORKLOADS[args.worker], args.warmup,
-                           args.duration, args.client)
+        res = run_udp_echo(loop, family, size, args.warmup, args.duration,
+                           args.client)
+    except Unsupported as e:
+        res = {"unsupported": str(e)}
     finally:
         asyncio.set_event_loop(None)
         loop.close()
@@ -139,15 +181,16 @@ def driver(args):
     if args.warmup is not None:
         warm = args.warmup
     print("# python %s (%s); loops: %s; %d run(s) each, interleaved; "
-          "%.2gs + %.2gs warm-up; %d flows"
+          "%.2gs + %.2gs warm-up; %d flows (UNIX: %d)"
           % (platform.python_version(), python,
              ", ".join("%s %s" % (l, versions[l]) for l in usable), repeat,
-             dur, warm, FLOWS), file=sys.stderr)
+             dur, warm, FLOWS, UNIX_FLOWS), file=sys.stderr)
     jf = open(args.json, "a") if args.json else None
     rows, failed = [], 0
     t_start = time.time()
     for name in names:
         results = {l: [] for l in usable}
+        unsupported = {}
         for run in range(1, repeat + 1):
             for l in usable:
                 cmd = [python, os.path.abspath(__file__), "--worker", name,
@@ -160,6 +203,11 @@ def driver(args):
                     failed += 1
                     print("  %s run %d %s: FAILED: %s" % (name, run, l, e),
                           file=sys.stderr)
+                    continue
+                if "unsupported" in res:
+                    unsupported[l] = res["unsupported"]
+                    print("  %s run %d %s: not supported: %s"
+                          % (name, run, l, res["unsupported"]), file=sys.stderr)
                     continue
                 results[l].append(res)
                 print("  %-12s run %d %-8s %10s req/s  %.2f us CPU/req, "
@@ -190,6 +238,8 @@ def driver(args):
                     spread = s if spread is None else max(spread, s)
             rows.append({"workload": name, "metric": metric, "medians": med,
                          "spread": spread, "lower_is_better": lower})
+        for l, why in unsupported.items():
+            print("note: %s: %s cannot run it (%s)" % (name, l, why))
         losses = {l: sum(r["losses"] for r in results[l]) for l in usable}
         if any(losses.values()):
             print("note: %s losses per loop (all runs): %s" % (name, losses))

@@ -145,8 +145,10 @@ UL_EXTERN int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options);
 /* Closes the loop and frees it.  Callbacks still queued and timers still
  * pending are called with status -ECANCELED (in the order they would have
  * run), so they can release their argument; fd watchers are dropped without
- * a call (the fds are not closed: they belong to the caller).  Streams still
- * open lose their connection with -ECANCELED.  Servers still open are
+ * a call (the fds are not closed: they belong to the caller).  Streams and
+ * datagram transports still open lose their connection with -ECANCELED
+ * (even those whose connection_made had not run yet: connection_lost is
+ * then their only callback).  Servers still open are
  * closed; connects in progress get -ECANCELED: first each connect's
  * callback runs with fd = -ECANCELED (its socket closed) so that it can
  * release its arg, then each server still open is closed as by
@@ -382,8 +384,9 @@ typedef struct ul_stream_protocol {
    * (half-closed: writing still works); zero, or NULL, closes it. */
   int (*eof_received)(ul_stream *stream, void *ctx);
   /* Last callback: `err` is 0 after close / abort / EOF, or the error that
-   * ended the connection (-ECONNRESET, -EPIPE, ...).  The fd is closed and
-   * the stream freed when it returns. */
+   * ended the connection (-ECONNRESET, -EPIPE, ...), or -ECANCELED when
+   * ul_loop_close() ended it (then possibly without connection_made).  The
+   * fd is closed and the stream freed when it returns. */
   void (*connection_lost)(ul_stream *stream, int err, void *ctx);
   /* Flow control: the write buffer rose above the high-water mark / fell to
    * the low-water mark.  May be NULL. */
@@ -660,6 +663,11 @@ UL_EXTERN int ul_server_is_serving(const ul_server *server);
 /* The listening fd (for getsockname). */
 UL_EXTERN int ul_server_fileno(const ul_server *server);
 
+/* From now on ul_server_close() (and ul_loop_close()) do not close the
+ * listening fd: the caller keeps owning it (a binding whose socket object
+ * closes the fd itself).  Returns the fd.  Errors: -EINVAL (NULL, closed). */
+UL_EXTERN int ul_server_release_fd(ul_server *server);
+
 /* Stops accepting, closes the socket (removing the UNIX socket file it
  * created) and frees the server; no callback runs after it returns.
  * ul_loop_close() closes and frees the servers still open: after it, the
@@ -701,8 +709,9 @@ typedef struct ul_dgram_protocol {
    * (-EMSGSIZE, ...; that datagram is dropped).  May be NULL. */
   void (*error_received)(ul_dgram *dgram, int err, void *ctx);
   /* Last callback: `err` is 0 after close / abort, -ECANCELED when the
-   * loop was closed first, or the error that ended the transport.  The fd
-   * is closed and the transport freed when it returns. */
+   * loop was closed first (then possibly without connection_made), or the
+   * error that ended the transport.  The fd is closed and the transport
+   * freed when it returns. */
   void (*connection_lost)(ul_dgram *dgram, int err, void *ctx);
   /* Flow control: the bytes queued rose above the high-water mark / fell
    * to the low-water mark.  May be NULL. */

@@ -99,20 +99,21 @@ static void dgram_free(ul_dgram *d) {
 static void lost_cb(ul_loop *loop, void *arg, int status) {
   ul_dgram *d = arg;
   (void)loop;
-  (void)status; /* -ECANCELED at loop close: still report and free */
+  /* status -ECANCELED: the loop closed before it ran; report that */
   if (d->proto->connection_lost != NULL)
-    d->proto->connection_lost(d, d->lost_err, d->ctx);
+    d->proto->connection_lost(d, status < 0 ? status : d->lost_err, d->ctx);
   dgram_free(d);
 }
 
 /* ul_loop_close(): transports still open lose their connection with
- * -ECANCELED, so that nothing they own leaks. */
+ * -ECANCELED, so that nothing they own leaks (also those whose
+ * connection_made had not run yet). */
 void ul__dgrams_close_all(ul_loop *loop) {
   while (loop->dgrams != NULL) {
     ul_dgram *d = loop->dgrams;
     d->closing = 1;
     d->lost_scheduled = 1; /* nothing may schedule it again */
-    if (d->made && d->proto->connection_lost != NULL)
+    if (d->proto->connection_lost != NULL)
       d->proto->connection_lost(d, -ECANCELED, d->ctx);
     dgram_free(d);
   }
@@ -140,7 +141,7 @@ static void schedule_lost(ul_dgram *d, int err) {
   d->lost_scheduled = 1;
   d->lost_err = err;
   if (ul_loop_call_soon(d->loop, lost_cb, d) != 0)
-    lost_cb(d->loop, d, -ECANCELED); /* out of memory: do not leak the fd */
+    lost_cb(d->loop, d, 0); /* out of memory: do not leak the fd */
 }
 
 /* An error that ends the transport (a watcher could not be added). */
@@ -430,15 +431,10 @@ size_t ul_dgram_get_write_buffer_size(const ul_dgram *d) {
 int ul_dgram_set_write_buffer_limits(ul_dgram *d, ssize_t high, ssize_t low) {
   if (d == NULL)
     return -EINVAL;
-  /* asyncio's _set_write_buffer_limits */
-  if (high < 0)
-    high = low < 0 ? UL_DGRAM_HIGH_WATER : 4 * low;
-  if (low < 0)
-    low = high / 4;
-  if (low > high)
-    return -EINVAL;
-  d->high = (size_t)high;
-  d->low = (size_t)low;
+  int err = ul__water_marks(high, low, UL_DGRAM_HIGH_WATER, &d->high,
+                            &d->low);
+  if (err)
+    return err;
   maybe_pause_protocol(d);
   return 0;
 }

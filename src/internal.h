@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "unixloop.h"
 
@@ -117,6 +118,24 @@ typedef struct ul__signals {
 
 void ul__signals_dispatch(ul_loop *loop);
 void ul__signals_close(ul_loop *loop);
+
+/* ---- transports (stream.c, dgram.c) ----------------------------------------- */
+
+/* asyncio's _set_write_buffer_limits: -1 for high means `dflt` (or 4 x low
+ * when low is given), -1 for low means high / 4.  0, or -EINVAL when
+ * low > high. */
+static inline int ul__water_marks(ssize_t high, ssize_t low, size_t dflt,
+                                  size_t *high_out, size_t *low_out) {
+  if (high < 0)
+    high = low < 0 ? (ssize_t)dflt : 4 * low;
+  if (low < 0)
+    low = high / 4;
+  if (low > high)
+    return -EINVAL;
+  *high_out = (size_t)high;
+  *low_out = (size_t)low;
+  return 0;
+}
 
 /* ---- streams (stream.c) --------------------------------------------------- */
 

@@ -61,6 +61,7 @@ struct ul_server {
   unsigned serving : 1; /* between start and stop (asyncio's is_serving) */
   unsigned reading : 1; /* the reader is registered */
   unsigned closing : 1; /* ul_server_close was called */
+  unsigned fd_released : 1; /* ul_server_release_fd: not ours to close */
 };
 
 typedef struct ul__connect {
@@ -643,6 +644,13 @@ int ul_server_is_serving(const ul_server *s) {
   return s != NULL && s->serving;
 }
 
+int ul_server_release_fd(ul_server *s) {
+  if (s == NULL || s->closing)
+    return -EINVAL;
+  s->fd_released = 1;
+  return s->fd;
+}
+
 int ul_server_fileno(const ul_server *s) {
   if (s == NULL)
     return -EINVAL;
@@ -673,7 +681,8 @@ int ul_server_close(ul_server *s) {
   reader_stop(s);
   retry_cancel(s);
   unlink_ours(s);
-  close(s->fd);
+  if (!s->fd_released)
+    close(s->fd);
   s->fd = -1;
   if (s->depth == 0)
     server_free(s);

@@ -130,14 +130,15 @@ static void stream_free(ul_stream *s) {
 static void lost_cb(ul_loop *loop, void *arg, int status) {
   ul_stream *s = arg;
   (void)loop;
-  (void)status; /* -ECANCELED at loop close: still report and free */
+  /* status -ECANCELED: the loop closed before it ran; report that */
   if (s->proto->connection_lost != NULL)
-    s->proto->connection_lost(s, s->lost_err, s->ctx);
+    s->proto->connection_lost(s, status < 0 ? status : s->lost_err, s->ctx);
   stream_free(s);
 }
 
 /* ul_loop_close(): streams still open lose their connection with
- * -ECANCELED, so that nothing they own leaks. */
+ * -ECANCELED, so that nothing they own leaks (also those whose
+ * connection_made had not run yet). */
 void ul__streams_close_all(ul_loop *loop) {
   while (loop->streams != NULL) {
     ul_stream *s = loop->streams;
@@ -148,7 +149,7 @@ void ul__streams_close_all(ul_loop *loop) {
     }
     s->closing = 1;
     s->lost_scheduled = 1; /* nothing may schedule it again */
-    if (s->made && s->proto->connection_lost != NULL)
+    if (s->proto->connection_lost != NULL)
       s->proto->connection_lost(s, -ECANCELED, s->ctx);
     stream_free(s);
   }
@@ -180,7 +181,7 @@ static void schedule_lost(ul_stream *s, int err) {
   if (ul_loop_call_soon(s->loop, lost_cb, s) != 0) {
     /* Out of memory (or the loop is closing): report it now rather than
      * leak the fd. */
-    lost_cb(s->loop, s, -ECANCELED);
+    lost_cb(s->loop, s, 0);
   }
 }
 
@@ -257,9 +258,11 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
       return;
     }
   }
+  /* recv() on a socket: read() would go through the VFS layer (file
+   * position lock, fsnotify) for nothing. */
   ssize_t n;
   do
-    n = read(fd, buf, cap);
+    n = s->is_socket ? recv(fd, buf, cap, 0) : read(fd, buf, cap);
   while (n == -1 && errno == EINTR);
   if (n == -1) {
     if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -349,7 +352,13 @@ static ssize_t stream_writev(ul_stream *s, const struct iovec *iov,
   ssize_t n;
   if (iovcnt > IOV_MAX)
     iovcnt = IOV_MAX;
-  if (s->is_socket) {
+  if (s->is_socket && iovcnt == 1) {
+    /* One buffer (the common case): send() spares the kernel copying in
+     * a msghdr and an iovec array. */
+    do
+      n = send(s->fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL);
+    while (n == -1 && errno == EINTR);
+  } else if (s->is_socket) {
     struct msghdr msg;
     memset(&msg, 0, sizeof msg);
     msg.msg_iov = (struct iovec *)iov;
@@ -668,15 +677,10 @@ int ul_stream_set_write_buffer_limits(ul_stream *s, ssize_t high,
                                       ssize_t low) {
   if (s == NULL)
     return -EINVAL;
-  /* asyncio's _set_write_buffer_limits */
-  if (high < 0)
-    high = low < 0 ? UL_STREAM_HIGH_WATER : 4 * low;
-  if (low < 0)
-    low = high / 4;
-  if (low > high)
-    return -EINVAL;
-  s->high = (size_t)high;
-  s->low = (size_t)low;
+  int err = ul__water_marks(high, low, UL_STREAM_HIGH_WATER, &s->high,
+                            &s->low);
+  if (err)
+    return err;
   maybe_pause_protocol(s);
   return 0;
 }

@@ -2,9 +2,12 @@
  * udp_client -- a raw-epoll UDP request/response load generator (no
  * event-loop library), the UDP counterpart of echo_client.
  *
- *   udp_client -a HOST:PORT [-c 16] [-s 1024] [-d 2] [-w 0.5] [-t 200] [-V]
+ *   udp_client -a HOST:PORT | -u PATH  [-c 16] [-s 1024] [-d 2] [-w 0.5]
+ *              [-t 200] [-V]
  *
- * Opens `c` flows, one connected UDP socket each.  Each flow sends one
+ * Opens `c` flows, one connected UDP socket each (-a), or one UNIX-domain
+ * datagram socket each (-u), bound to PATH.<pid>.<flow> so that the server
+ * can answer, connected to PATH (the bound paths are removed at exit).  Each flow sends one
  * datagram of `s` bytes (at least 16: the first 8 carry the flow's sequence
  * number), waits for the echo of that datagram, and sends the next one (one
  * request in flight per flow).  An echo that does not come back within `t`
@@ -32,6 +35,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,8 +63,9 @@ static void die(const char *what) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: udp_client -a HOST:PORT [-c FLOWS] [-s BYTES] "
-                  "[-d SECONDS] [-w WARMUP_SECONDS] [-t TIMEOUT_MS] [-V]\n");
+  fprintf(stderr, "usage: udp_client (-a HOST:PORT | -u PATH) [-c FLOWS] "
+                  "[-s BYTES] [-d SECONDS] [-w WARMUP_SECONDS] "
+                  "[-t TIMEOUT_MS] [-V]\n");
   exit(1);
 }
 
@@ -90,6 +95,33 @@ static int open_flow(const char *hostport) {
   return fd;
 }
 
+static struct sockaddr_un unix_addr(const char *path) {
+  struct sockaddr_un a;
+  memset(&a, 0, sizeof a);
+  a.sun_family = AF_UNIX;
+  if (strlen(path) >= sizeof a.sun_path) {
+    fprintf(stderr, "udp_client: path too long: %s\n", path);
+    exit(1);
+  }
+  strcpy(a.sun_path, path);
+  return a;
+}
+
+/* A UNIX-domain datagram flow: bound to `self` (so that replies can come
+ * back), connected to `server`. */
+static int open_unix_flow(const char *server, const char *self) {
+  struct sockaddr_un to = unix_addr(server), me = unix_addr(self);
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    die("socket");
+  unlink(self);
+  if (bind(fd, (struct sockaddr *)&me, sizeof me) != 0)
+    die("bind");
+  if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0)
+    die("connect");
+  return fd;
+}
+
 static void send_request(flow *f) {
   f->seq++;
   memcpy(out_buf, &f->seq, sizeof f->seq);
@@ -105,12 +137,13 @@ static void send_request(flow *f) {
 }
 
 int main(int argc, char **argv) {
-  const char *addr = NULL;
+  const char *addr = NULL, *path = NULL;
   int nflows = 16, opt;
   double duration = 2.0, warmup = 0.5, timeout = 0.2;
-  while ((opt = getopt(argc, argv, "a:c:s:d:w:t:V")) != -1) {
+  while ((opt = getopt(argc, argv, "a:u:c:s:d:w:t:V")) != -1) {
     switch (opt) {
     case 'a': addr = optarg; break;
+    case 'u': path = optarg; break;
     case 'c': nflows = atoi(optarg); break;
     case 's': msg_size = (size_t)atol(optarg); break;
     case 'd': duration = atof(optarg); break;
@@ -120,13 +153,14 @@ int main(int argc, char **argv) {
     default: usage();
     }
   }
-  if (addr == NULL || nflows < 1 || msg_size < 16 || msg_size > 65507 ||
+  if ((addr == NULL) == (path == NULL) || nflows < 1 || msg_size < 16 || msg_size > 65507 ||
       duration <= 0 || warmup < 0 || timeout <= 0)
     usage();
   out_buf = malloc(msg_size);
   in_buf = malloc(65536);
   flow *flows = calloc((size_t)nflows, sizeof *flows);
-  if (out_buf == NULL || in_buf == NULL || flows == NULL)
+  char (*self_paths)[128] = calloc((size_t)nflows, sizeof *self_paths);
+  if (out_buf == NULL || in_buf == NULL || flows == NULL || self_paths == NULL)
     die("malloc");
   for (size_t i = 0; i < msg_size; i++)
     out_buf[i] = (char)('a' + i % 26);
@@ -135,7 +169,13 @@ int main(int argc, char **argv) {
   if (epfd < 0)
     die("epoll_create1");
   for (int i = 0; i < nflows; i++) {
-    flows[i].fd = open_flow(addr);
+    if (path != NULL) {
+      snprintf(self_paths[i], sizeof self_paths[i], "%s.%d.%d", path,
+               (int)getpid(), i);
+      flows[i].fd = open_unix_flow(path, self_paths[i]);
+    } else {
+      flows[i].fd = open_flow(addr);
+    }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &flows[i]};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, flows[i].fd, &ev) != 0)
       die("epoll_ctl");
@@ -210,9 +250,13 @@ int main(int argc, char **argv) {
          requests, secs, (double)requests / secs, nflows, msg_size, losses,
          late, send_errors);
   fflush(stdout);
-  for (int i = 0; i < nflows; i++)
+  for (int i = 0; i < nflows; i++) {
     close(flows[i].fd);
+    if (path != NULL)
+      unlink(self_paths[i]);
+  }
   close(epfd);
+  free(self_paths);
   free(flows);
   free(in_buf);
   free(out_buf);

@@ -16,6 +16,7 @@ also derives from (transports, servers, pipes, subprocesses, signals), running
 on top of the C core.
 """
 import asyncio
+import errno
 import functools
 import io
 import os
@@ -27,6 +28,7 @@ import weakref
 import socket
 from asyncio import (base_events, constants, events, exceptions, futures,
                      trsock, unix_events)
+from asyncio.log import logger
 
 from . import _core
 from . import _process
@@ -93,6 +95,7 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if sys.version_info >= (3, 13):
             # create_unix_server(cleanup_socket=True): the sockets to unlink.
             self._unix_server_sockets = {}
+        self._acceptors = {}    # listening fd -> _core.Acceptor
 
     def add_signal_handler(self, sig, callback, *args):
         """Add a handler for a signal, as asyncio's (same checks, same
@@ -296,6 +299,82 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
                 transp.resume_reading()
             self._transports[fd] = transp
 
+    # Servers: asyncio's Server calls _start_serving / _stop_serving; the
+    # accept loop is C (_core.Acceptor on a ul_server: batches of up to
+    # `backlog` accepts per wake-up, EMFILE back-off), and each connection
+    # goes straight into a transport (asyncio starts a Task per connection).
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None,
+                       server=None, backlog=100,
+                       ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        if sslcontext is not None or type(sock) is not socket.socket:
+            return super()._start_serving(
+                protocol_factory, sock, sslcontext, server, backlog,
+                ssl_handshake_timeout, ssl_shutdown_timeout)
+        fd = sock.fileno()
+        old = self._acceptors.pop(fd, None)
+        if old is not None:
+            old.close()
+        self._acceptors[fd] = _core.Acceptor(
+            self, fd, backlog,
+            functools.partial(self._accept_fd, protocol_factory, sock, server),
+            functools.partial(self._accept_error, sock))
+
+    def _stop_serving(self, sock):
+        acceptor = self._acceptors.pop(sock.fileno(), None)
+        if acceptor is None:
+            return super()._stop_serving(sock)
+        acceptor.close()
+        sock.close()
+
+    def _accept_fd(self, protocol_factory, sock, server, fd):
+        """A connection the C acceptor took: asyncio's
+        _accept_connection2, without its Task."""
+        conn = socket.socket(sock.family, sock.type | socket.SOCK_NONBLOCK,
+                             sock.proto, fd)
+        if self._debug:
+            try:
+                addr = conn.getpeername()
+            except OSError:
+                addr = None
+            logger.debug("%r got a new connection from %r: %r",
+                         server, addr, conn)
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            transport = self._make_socket_transport(conn, protocol,
+                                                    server=server)
+        except (SystemExit, KeyboardInterrupt):
+            if transport is None:
+                conn.close()
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            if self._debug:
+                context = {
+                    'message':
+                        'Error on transport creation for incoming connection',
+                    'exception': exc,
+                }
+                if protocol is not None:
+                    context['protocol'] = protocol
+                self.call_exception_handler(context)
+
+    def _accept_error(self, sock, err):
+        """accept() failed; the C acceptor stops accepting for
+        ACCEPT_RETRY_DELAY seconds, as asyncio does."""
+        if err in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            message = 'socket.accept() out of system resource'
+        else:
+            message = 'socket.accept() failed'
+        self.call_exception_handler({
+            'message': message,
+            'exception': OSError(err, os.strerror(err)),
+            'socket': trsock.TransportSocket(sock),
+        })
+
     def _add_callback(self, handle):
         # asyncio's signal path hands us its own Handle objects.
         if not handle._cancelled:
@@ -308,7 +387,8 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
     def close(self):
         super().close()
         if self.is_closed():
-            self._close_core()
+            self._close_core()  # also stops the acceptors' C servers
+            self._acceptors.clear()
             self._internal_fds = 0
 
     def __repr__(self):

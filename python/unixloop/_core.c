@@ -1133,6 +1133,58 @@ static PyObject *Loop_is_closed(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
   return PyBool_FromLong(self->closed);
 }
 
+int ulpy_transport_hold(LoopObj *loop, PyObject *transport) {
+  return PySet_Add(loop->open_transports, transport);
+}
+
+/* May free the transport; keeps the current exception. */
+void ulpy_transport_release(LoopObj *loop, PyObject *transport) {
+  if (loop->open_transports == NULL)
+    return; /* cleared with the loop: the reference is gone already */
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PySet_Discard(loop->open_transports, transport) < 0)
+    PyErr_WriteUnraisable(transport);
+  PyErr_Restore(type, v, tb);
+}
+
+void ulpy_warn_unclosed(PyObject *transport) {
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PyErr_ResourceWarning(transport, 1, "unclosed transport %R",
+                            transport) < 0)
+    PyErr_WriteUnraisable(transport);
+  PyErr_Restore(type, v, tb);
+}
+
+void ulpy_close_quietly(PyObject *transport, PyObject *fileobj) {
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *r = PyObject_CallMethod(fileobj, "close", NULL);
+  if (r == NULL)
+    PyErr_WriteUnraisable(transport);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
+PyObject *ulpy_orphan_close(LoopObj *loop, int *closing) {
+  *closing = 1;
+  ulpy_check_closed(loop);
+  return NULL;
+}
+
+/* After ul_loop_close(): drop the references of the transports it ended
+ * (collected now unless the program holds them: "unclosed transport"). */
+static void release_transports(LoopObj *self) {
+  if (self->open_transports == NULL)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PySet_Clear(self->open_transports) < 0)
+    PyErr_WriteUnraisable((PyObject *)self);
+  PyErr_Restore(type, v, tb);
+}
+
 /* Frees the C loop: queued callbacks and timers are dropped (asyncio's
  * close() clears _ready and _scheduled), fd watchers are forgotten. */
 static void loop_close_core(LoopObj *self) {
@@ -1146,7 +1198,7 @@ static void loop_close_core(LoopObj *self) {
     return; /* running: the caller checked; keep everything */
   }
   self->ul = NULL;
-  ulpy_transports_orphan(self);
+  release_transports(self);
   PyObject *r = PyObject_CallMethod(self->readers, "clear", NULL);
   Py_XDECREF(r);
   r = PyObject_CallMethod(self->writers, "clear", NULL);
@@ -1319,7 +1371,7 @@ static int Loop_clear(LoopObj *self) {
     self->closed = 1;
     ul_loop_close(self->ul);
     self->ul = NULL;
-    ulpy_transports_orphan(self);
+    release_transports(self);
   }
   Py_CLEAR(self->readers);
   Py_CLEAR(self->writers);
@@ -1454,6 +1506,8 @@ static int core_exec(PyObject *mod) {
       ulpy_pipe_exec(mod, st) < 0)
     return -1;
   if (ulpy_process_exec(mod, st) < 0)
+    return -1;
+  if (ulpy_server_exec(mod) < 0)
     return -1;
   if (PyModule_AddType(mod, st->HandleType) < 0 ||
       PyModule_AddType(mod, st->TimerHandleType) < 0 ||

@@ -18,7 +18,10 @@
  *
  * Lifetime: the ul_dgram holds a reference to the transport from
  * ul_dgram_open() until connection_lost, which also closes the Python
- * socket object (the ul_dgram was told not to close the fd itself).
+ * socket object (the ul_dgram was told not to close the fd itself).  That
+ * reference is kept in the loop's `open_transports` set (_core.h).  When the
+ * loop closes first, asyncio calls nothing: the transport keeps its socket
+ * ("orphaned") until it is collected, which warns "unclosed transport".
  */
 #include "_core.h"
 
@@ -59,6 +62,8 @@ typedef struct {
   int connected;            /* extra['peername'] is set: send() to it */
   int conn_lost;            /* asyncio's _conn_lost */
   int protocol_paused;
+  int orphaned;             /* the loop closed with the transport open */
+  int orphan_closing;       /* close() called after that */
   addr_entry cache[ADDR_CACHE_SIZE];
   addr_entry *last;         /* the entry of the last datagram received */
 } DgramObj;
@@ -243,14 +248,10 @@ static void report(DgramObj *t, const char *message) {
   ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
-static PyObject *os_error(int err) {
-  return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
-}
-
 /* protocol.error_received(OSError(err)); returns -1 with the exception set
  * if that raised. */
 static int call_error_received(DgramObj *t, int err) {
-  PyObject *exc = os_error(err);
+  PyObject *exc = ulpy_exception_from_errno(err);
   PyObject *r = exc ? PyObject_CallMethod(t->protocol, "error_received", "(O)",
                                           exc)
                     : NULL;
@@ -320,10 +321,14 @@ static void on_lost(ul_dgram *d, int err, void *ctx) {
   DgramObj *t = ctx;
   (void)d;
   t->dgram = NULL;
+  if (err == -ECANCELED) {
+    t->orphaned = 1; /* ul_loop_close(); the loop drops our reference */
+    return;
+  }
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
   if (exc == NULL && err != 0 && err != -ECANCELED)
-    exc = os_error(err);
+    exc = ulpy_exception_from_errno(err);
   PyErr_Clear();
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);
@@ -343,7 +348,7 @@ static void on_lost(ul_dgram *d, int err, void *ctx) {
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->datagram_received);
   cache_clear(t);
-  Py_DECREF(t); /* the ul_dgram's reference */
+  ulpy_transport_release(t->loop, (PyObject *)t); /* the ul_dgram's ref. */
 }
 
 static const ul_dgram_protocol dgram_protocol = {
@@ -418,9 +423,15 @@ static PyObject *Dgram_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
     Py_DECREF(t);
     return NULL;
   }
+  /* The ul_dgram's reference, until connection_lost. */
+  if (ulpy_transport_hold(t->loop, (PyObject *)t) < 0) {
+    Py_DECREF(t);
+    return NULL;
+  }
   /* The socket object owns the fd: the ul_dgram must not close it. */
   int err = ul_dgram_open(t->loop->ul, fd, &dgram_protocol, t, &t->dgram);
   if (err < 0) {
+    ulpy_transport_release(t->loop, (PyObject *)t);
     /* ul_dgram_open closed the fd: the socket object must not close it
      * again (the number may be reused by then). */
     t->dgram = NULL;
@@ -431,7 +442,6 @@ static PyObject *Dgram_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
     return ulpy_raise_errno(err);
   }
   ul_dgram_release_fd(t->dgram);
-  Py_INCREF(t); /* held by the ul_dgram until connection_lost */
   return (PyObject *)t;
 }
 
@@ -470,8 +480,22 @@ static int Dgram_clear(DgramObj *t) {
   return 0;
 }
 
+/* asyncio's _SelectorTransport.__del__: a transport collected before its
+ * connection was lost warns and closes its socket. */
+static void Dgram_finalize(DgramObj *t) {
+  if (t->sock == NULL || (t->dgram == NULL && !t->orphaned))
+    return;
+  ulpy_warn_unclosed((PyObject *)t);
+  if (t->dgram != NULL)
+    ul_dgram_abort(t->dgram); /* its loop is garbage too: stop watching */
+  t->orphaned = 0;            /* warn once */
+  ulpy_close_quietly((PyObject *)t, t->sock);
+}
+
 static void Dgram_dealloc(DgramObj *t) {
   PyTypeObject *tp = Py_TYPE(t);
+  if (PyObject_CallFinalizerFromDealloc((PyObject *)t) < 0)
+    return; /* resurrected */
   PyObject_GC_UnTrack(t);
   if (t->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)t);
@@ -638,6 +662,8 @@ done:
 }
 
 static PyObject *Dgram_close(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->orphan_closing)
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   if (t->dgram != NULL && !ul_dgram_is_closing(t->dgram)) {
     t->conn_lost += ul_dgram_get_write_buffer_size(t->dgram) == 0;
     ul_dgram_close(t->dgram);
@@ -646,6 +672,10 @@ static PyObject *Dgram_close(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Dgram_abort(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->conn_lost) {
+    t->conn_lost++;
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
+  }
   if (t->dgram != NULL && !t->conn_lost) {
     t->conn_lost++;
     ul_dgram_abort(t->dgram);
@@ -654,6 +684,8 @@ static PyObject *Dgram_abort(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Dgram_is_closing(DgramObj *t, PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned)
+    return PyBool_FromLong(t->orphan_closing);
   return PyBool_FromLong(t->dgram == NULL || ul_dgram_is_closing(t->dgram));
 }
 
@@ -699,6 +731,9 @@ static PyObject *Dgram_repr(DgramObj *t) {
   const char *name = Py_TYPE(t)->tp_name;
   const char *dot = strrchr(name, '.');
   name = dot ? dot + 1 : name;
+  if (t->orphaned)
+    return PyUnicode_FromFormat("<%s%s fd=%d>", name,
+                                t->orphan_closing ? " closing" : "", t->fd);
   if (t->dgram == NULL)
     return PyUnicode_FromFormat("<%s closed fd=%d>", name, t->fd);
   int reading = ul_loop_get_reader(t->loop->ul, t->fd) != NULL;
@@ -769,6 +804,7 @@ static PyType_Slot Dgram_slots[] = {
     {Py_tp_new, Dgram_new},
     {Py_tp_init, Dgram_init},
     {Py_tp_dealloc, Dgram_dealloc},
+    {Py_tp_finalize, Dgram_finalize},
     {Py_tp_traverse, Dgram_traverse},
     {Py_tp_clear, Dgram_clear},
     {Py_tp_repr, Dgram_repr},

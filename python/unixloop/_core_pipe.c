@@ -21,7 +21,6 @@
 #include <structmember.h>
 #include <sys/ioctl.h>
 
-#define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 #define MAX_READ_SIZE (256 * 1024) /* asyncio's max_size */
 /* bytes objects from this size on are queued by reference, not copied */
 #define WRITE_REF_MIN (16 * 1024)
@@ -141,8 +140,8 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   (void)stream;
   t->stream = NULL;
   if (err == -ECANCELED) {
-    /* ul_loop_close(): asyncio leaves an open pipe transport alone. */
-    Py_DECREF(t); /* the stream's reference */
+    /* ul_loop_close(): asyncio leaves an open pipe transport alone; the
+     * loop drops the stream's reference afterwards. */
     return;
   }
   PyObject *exc = t->lost_exc;
@@ -174,7 +173,7 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->data_received);
   Py_CLEAR(t->rbytes);
-  Py_DECREF(t); /* the stream's reference */
+  ulpy_transport_release(t->loop, (PyObject *)t); /* the stream's reference */
 }
 
 static const ul_stream_protocol read_protocol = {
@@ -234,12 +233,17 @@ static PyObject *Pipe_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
     Py_DECREF(t);
     return NULL;
   }
+  if (ulpy_transport_hold(t->loop, (PyObject *)t) < 0) {
+    Py_DECREF(t);
+    return NULL;
+  }
   int err = t->writing ? ul_pipe_open_write(t->loop->ul, fd, &write_protocol,
                                             t, &t->stream)
                        : ul_pipe_open_read(t->loop->ul, fd, &read_protocol,
                                            t, &t->stream);
   if (err < 0) {
     t->stream = NULL;
+    ulpy_transport_release(t->loop, (PyObject *)t);
     Py_DECREF(t);
     if (err == -EINVAL) {
       PyErr_SetString(PyExc_ValueError,
@@ -253,7 +257,6 @@ static PyObject *Pipe_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   }
   ul_stream_release_fd(t->stream); /* the pipe object owns the fd */
   t->pipe = Py_NewRef(pipe);
-  Py_INCREF(t); /* held by the stream until connection_lost */
   return (PyObject *)t;
 }
 
@@ -274,6 +277,8 @@ static void Pipe_finalize(PipeObj *t) {
   if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R",
                             (PyObject *)t) < 0)
     PyErr_WriteUnraisable((PyObject *)t);
+  if (t->stream != NULL)
+    ul_stream_abort(t->stream); /* its loop is garbage too: stop watching */
   PyObject *pipe = t->pipe;
   t->pipe = NULL;
   PyObject *r = PyObject_CallMethod(pipe, "close", NULL);
@@ -411,14 +416,9 @@ static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
   }
   if (t->stream == NULL || t->conn_lost || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_pipe_write_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_count_lost_write_as(t->loop->st, &t->conn_lost,
+                                 "warn_pipe_write_after_close") < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err;

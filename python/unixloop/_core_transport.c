@@ -11,11 +11,10 @@
  * Lifetime: the stream holds a reference to the transport from
  * ul_stream_open() until connection_lost, which also closes the Python
  * socket object (the stream was told not to close the fd itself).  That
- * reference is the loop's `open_transports` set, so that the garbage
- * collector sees it.  When the loop closes first, the transport loses its
- * stream without connection_lost ("orphaned", as asyncio's): its socket
- * stays open until the transport is collected, which warns "unclosed
- * transport" (ResourceWarning) and closes it.
+ * reference is kept in the loop's `open_transports` set (_core.h).  When the
+ * loop closes first, the transport loses its stream without connection_lost
+ * ("orphaned", as asyncio's): its socket stays open until the transport is
+ * collected, which warns "unclosed transport" and closes it.
  */
 #include "_core.h"
 
@@ -48,8 +47,8 @@ typedef struct {
   int fd;
   int conn_lost;
   int eof;
-  char orphaned;            /* the loop closed with the stream open */
-  char orphan_closing;      /* close() called after that */
+  int orphaned;             /* the loop closed with the stream open */
+  int orphan_closing;       /* close() called after that */
   int in_sendfile;          /* between _sendfile() and _sendfile_end() */
 } TransportObj;
 
@@ -143,10 +142,12 @@ int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
 }
 
 /* A write after the connection was lost (or is being lost): asyncio drops
- * it, warning from the fifth on.  0, or -1 with an exception set. */
-int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+ * it, warning (_helpers.<warn_helper>()) from the fifth on.  0, or -1 with
+ * an exception set. */
+int ulpy_count_lost_write_as(core_state *st, int *conn_lost,
+                             const char *warn_helper) {
   if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-    PyObject *f = ulpy_helper(st, "warn_send_after_close");
+    PyObject *f = ulpy_helper(st, warn_helper);
     PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
     if (r == NULL)
       return -1;
@@ -154,6 +155,10 @@ int ulpy_count_lost_write(core_state *st, int *conn_lost) {
   }
   (*conn_lost)++;
   return 0;
+}
+
+int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+  return ulpy_count_lost_write_as(st, conn_lost, "warn_send_after_close");
 }
 
 static void stash_fatal(TransportObj *t) {
@@ -385,8 +390,10 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   (void)stream;
   release_rbuf(t);
   t->stream = NULL;
-  if (t->loop->closed)
-    return; /* ul_loop_close(): ulpy_transports_orphan() follows */
+  if (err == -ECANCELED) {
+    t->orphaned = 1; /* ul_loop_close(); the loop drops our reference */
+    return;
+  }
   fail_empty_waiter(t);
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
@@ -418,33 +425,10 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   if (PyErr_Occurred())
     PyErr_WriteUnraisable((PyObject *)t);
   Py_CLEAR(t->server);
-  /* The stream's reference (t may be freed here). */
-  if (t->loop->open_transports != NULL &&
-      PySet_Discard(t->loop->open_transports, (PyObject *)t) < 0)
-    PyErr_WriteUnraisable(NULL);
   PyErr_Restore(type, e, tb);
+  ulpy_transport_release(t->loop, (PyObject *)t); /* t may be freed here */
 }
 
-void ulpy_transports_orphan(LoopObj *loop) {
-  PyObject *set = loop->open_transports;
-  if (set == NULL || PySet_GET_SIZE(set) == 0)
-    return;
-  PyObject *type, *v, *tb;
-  PyErr_Fetch(&type, &v, &tb);
-  PyObject *it = PyObject_GetIter(set);
-  PyObject *item;
-  while (it != NULL && (item = PyIter_Next(it)) != NULL) {
-    TransportObj *t = (TransportObj *)item;
-    release_rbuf(t);
-    t->stream = NULL; /* freed by ul_loop_close */
-    t->orphaned = 1;
-    Py_DECREF(item);
-  }
-  Py_XDECREF(it);
-  if (PyErr_Occurred() || PySet_Clear(set) < 0)
-    PyErr_WriteUnraisable(set);
-  PyErr_Restore(type, v, tb);
-}
 
 static const ul_stream_protocol plain_protocol = {
     .connection_made = on_made,
@@ -535,14 +519,14 @@ static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
   const ul_stream_protocol *proto =
       t->data_received ? &plain_protocol : &buffered_protocol;
   /* The stream's reference, until connection_lost. */
-  if (PySet_Add(t->loop->open_transports, (PyObject *)t) < 0) {
+  if (ulpy_transport_hold(t->loop, (PyObject *)t) < 0) {
     Py_DECREF(t);
     return NULL;
   }
   int err = ul_stream_open(t->loop->ul, fd, proto, t, &t->stream);
   if (err < 0) {
     t->stream = NULL;
-    (void)PySet_Discard(t->loop->open_transports, (PyObject *)t);
+    ulpy_transport_release(t->loop, (PyObject *)t);
     Py_DECREF(t);
     return ulpy_raise_errno(err);
   }
@@ -593,19 +577,11 @@ static int Transport_clear(TransportObj *t) {
 static void Transport_finalize(TransportObj *t) {
   if (t->sock == NULL || (t->stream == NULL && !t->orphaned))
     return;
-  PyObject *type, *v, *tb;
-  PyErr_Fetch(&type, &v, &tb);
-  if (PyErr_ResourceWarning((PyObject *)t, 1, "unclosed transport %R",
-                            (PyObject *)t) < 0)
-    PyErr_WriteUnraisable((PyObject *)t);
+  ulpy_warn_unclosed((PyObject *)t);
   if (t->stream != NULL)
     ul_stream_abort(t->stream); /* stop watching the fd before closing it */
   t->orphaned = 0;              /* warn once */
-  PyObject *r = PyObject_CallMethod(t->sock, "close", NULL);
-  if (r == NULL)
-    PyErr_WriteUnraisable((PyObject *)t);
-  Py_XDECREF(r);
-  PyErr_Restore(type, v, tb);
+  ulpy_close_quietly((PyObject *)t, t->sock);
 }
 
 static void Transport_dealloc(TransportObj *t) {
@@ -679,18 +655,10 @@ static PyObject *Transport_can_write_eof(TransportObj *t,
   Py_RETURN_TRUE;
 }
 
-/* close() or abort() after the loop closed: asyncio's raise when they
- * schedule connection_lost, and the transport counts as closing. */
-static PyObject *orphan_close(TransportObj *t) {
-  t->orphan_closing = 1;
-  ulpy_check_closed(t->loop);
-  return NULL;
-}
-
 static PyObject *Transport_close(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned && !t->orphan_closing)
-    return orphan_close(t);
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   if (t->stream != NULL && !ul_stream_is_closing(t->stream)) {
     ul_stream_close(t->stream);
     t->conn_lost += ul_stream_get_write_buffer_size(t->stream) == 0;
@@ -702,7 +670,7 @@ static PyObject *Transport_abort(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned && !t->conn_lost) {
     t->conn_lost++;
-    return orphan_close(t);
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   }
   if (t->stream != NULL && !t->conn_lost) {
     t->conn_lost++;

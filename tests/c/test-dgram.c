@@ -42,13 +42,15 @@ typedef struct rec {
   int stop_on_lost;
   int stop_on_error;
   int stop_on_resume;
+  int abort_on_error;   /* ul_dgram_abort in error_received */
+  int abort_on_resume;  /* ul_dgram_abort in resume_writing */
 } rec;
 
 static void trace(rec *r, char c) {
   ASSERT(!r->lost);
   if (c == 'M')
     ASSERT_EQ(0, r->ntrace);
-  else
+  else if (!(c == 'L' && r->lost_err == -ECANCELED)) /* loop closed first */
     ASSERT(r->ntrace > 0 && r->trace[0] == 'M');
   if (c == 'D' && r->ntrace > 0 && r->trace[r->ntrace - 1] == 'D')
     return;
@@ -88,11 +90,12 @@ static void on_datagram(ul_dgram *d, const char *data, size_t len,
 
 static void on_error(ul_dgram *d, int err, void *ctx) {
   rec *r = ctx;
-  (void)d;
   trace(r, 'X');
   ASSERT_LT(err, 0);
   r->last_error = err;
   r->nerrors++;
+  if (r->abort_on_error)
+    ASSERT_OK(ul_dgram_abort(d));
   if (r->stop_on_error)
     ul_loop_stop(r->loop);
 }
@@ -100,9 +103,9 @@ static void on_error(ul_dgram *d, int err, void *ctx) {
 static void on_lost(ul_dgram *d, int err, void *ctx) {
   rec *r = ctx;
   ASSERT_PTR_EQ(r->dgram, d);
+  r->lost_err = err; /* before trace(): -ECANCELED may come without 'M' */
   trace(r, 'L');
   r->lost = 1;
-  r->lost_err = err;
   if (r->stop_on_lost)
     ul_loop_stop(r->loop);
 }
@@ -114,8 +117,9 @@ static void on_pause(ul_dgram *d, void *ctx) {
 
 static void on_resume(ul_dgram *d, void *ctx) {
   rec *r = ctx;
-  (void)d;
   trace(r, 'R');
+  if (r->abort_on_resume)
+    ASSERT_OK(ul_dgram_abort(d));
   if (r->stop_on_resume)
     ul_loop_stop(r->loop);
 }
@@ -420,6 +424,44 @@ TEST_IMPL(dgram_peer_closed_mid_send) {
   return 0;
 }
 
+/* error_received and resume_writing may abort the transport while it is
+ * flushing its queue: nothing more is sent or reported. */
+TEST_IMPL(dgram_abort_in_flush_callbacks) {
+  ul_loop *loop = test_loop_new();
+  for (int in_resume = 0; in_resume <= 1; in_resume++) {
+    int sv[2];
+    dgram_socketpair(sv);
+    rec r;
+    open_rec(loop, sv[0], &r);
+    ASSERT_OK(ul_loop_run_once(loop, 0));
+    ASSERT_OK(ul_dgram_set_write_buffer_limits(r.dgram, 1000, 100));
+    fill_until_queued(r.dgram, 600);
+    ASSERT_OK(ul_dgram_sendto(r.dgram, r.last, 600, NULL, 0));
+    ASSERT_OK(ul_dgram_sendto(r.dgram, r.last, 600, NULL, 0));
+    ASSERT_STR_EQ("MP", r.trace);
+    if (in_resume) {
+      r.abort_on_resume = 1;
+      r.stop_on_lost = 1;
+      for (int i = 0; i < 50 && !r.lost; i++) {
+        drain(sv[1]);
+        ASSERT_OK(ul_loop_run_once(loop, 1));
+      }
+      ASSERT_STR_EQ("MPRL", r.trace);
+    } else {
+      r.abort_on_error = 1;
+      test_close(sv[1]);   /* the next send from the queue fails */
+      run_until_lost(loop, &r);
+      ASSERT_STR_EQ("MPXL", r.trace);
+      ASSERT_EQ(1, r.nerrors);
+    }
+    ASSERT_EQ(0, r.lost_err);
+    if (in_resume)
+      test_close(sv[1]);
+  }
+  CLOSE_LOOP(loop);
+  return 0;
+}
+
 /* Unconnected UNIX-domain sockets bound to paths: the receiver sees the
  * sender's path. */
 TEST_IMPL(dgram_unix_paths) {
@@ -599,7 +641,8 @@ TEST_IMPL(dgram_close_flushes_abort_drops) {
 }
 
 /* The loop closed with transports open: connection_lost(-ECANCELED) for
- * the one whose connection_made ran, nothing for the other; no leak. */
+ * both, also for the one whose connection_made had not run (its only
+ * callback, so that its owner can release what it holds); no leak. */
 TEST_IMPL(dgram_loop_close_cancels) {
   int fds = test_count_fds();
   ul_loop *loop = test_loop_new();
@@ -613,7 +656,8 @@ TEST_IMPL(dgram_loop_close_cancels) {
   CLOSE_LOOP(loop);
   ASSERT_STR_EQ("ML", a.trace);
   ASSERT_EQ(-ECANCELED, a.lost_err);
-  ASSERT_STR_EQ("", b.trace);
+  ASSERT_STR_EQ("L", b.trace);
+  ASSERT_EQ(-ECANCELED, b.lost_err);
   ASSERT_EQ(fds, test_count_fds());
   return 0;
 }

@@ -316,22 +316,6 @@ def _gen_test_base_events(mod, tu):
         'BaseEventLoopWithSelectorTests', 'BaseLoopSockSendfileTests']
 
 
-def _gen_test_base_events(mod, tu):
-    # The datagram-endpoint tests of BaseEventLoopWithSelectorTests use only
-    # the loop's public API (create_datagram_endpoint, with base_events'
-    # socket module patched): run them on the side's loop.  The class's
-    # other tests mock selector internals and stay excluded.
-    class UnixloopDatagramEndpointTests(mod.BaseEventLoopWithSelectorTests):
-        def setUp(self):
-            tu.TestCase.setUp(self)
-            self.loop = loop_factory()
-            self.set_event_loop(self.loop)
-    for name in dir(mod.BaseEventLoopWithSelectorTests):
-        if name.startswith('test_') and 'datagram' not in name:
-            setattr(UnixloopDatagramEndpointTests, name, None)
-    return [UnixloopDatagramEndpointTests], []
-
-
 GENERATORS = {
     'test_base_events': _gen_test_base_events,
     'test_events': _gen_test_events,
@@ -342,7 +326,6 @@ GENERATORS = {
     'test_sslproto': _gen_test_sslproto,
     'test_buffered_proto': _gen_test_buffered_proto,
     'test_unix_events': _gen_test_unix_events,
-    'test_base_events': _gen_test_base_events,
 }
 
 

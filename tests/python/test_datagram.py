@@ -498,3 +498,38 @@ def test_many_peers_each_answered(aloop):
         for s in peers:
             s.close()
         close_all(aloop, st)
+
+
+def test_keyboard_interrupt_in_datagram_received_escapes(aloop):
+    class Interrupting(Recorder):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            raise KeyboardInterrupt
+
+    st, sp = run(aloop, aloop.create_datagram_endpoint(
+        lambda: Interrupting(aloop), local_addr=('127.0.0.1', 0)))
+    ct, cp = endpoint(aloop, remote_addr=st.get_extra_info('sockname'))
+    ct.sendto(b'^C')
+    with pytest.raises(KeyboardInterrupt):
+        aloop.run_until_complete(asyncio.sleep(5))
+    assert sp.datagrams[0][0] == b'^C'
+    assert not st.is_closing()       # the transport is still usable
+    close_all(aloop, ct, st)
+
+
+def test_error_received_raising_escapes_sendto(aloop):
+    """An exception from error_received() called for a send error escapes
+    sendto(), as in asyncio."""
+    class Raising(Recorder):
+        def error_received(self, exc):
+            super().error_received(exc)
+            raise RuntimeError('from error_received')
+
+    t, p = run(aloop, aloop.create_datagram_endpoint(
+        lambda: Raising(aloop), local_addr=('127.0.0.1', 0)))
+    try:
+        with pytest.raises(RuntimeError, match='from error_received'):
+            t.sendto(b'x' * 70000, ('127.0.0.1', 9))
+        assert not t.is_closing()
+    finally:
+        close_all(aloop, t)

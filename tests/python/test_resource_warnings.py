@@ -231,3 +231,88 @@ def test_transport_repr_like_asyncio(kind):
     finally:
         loop.close()
         b.close()
+
+
+# ---- every kind of transport, made before or after connection_made ------
+
+class DatagramProto(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.events = []
+
+    def connection_made(self, transport):
+        self.events.append('made')
+
+    def connection_lost(self, exc):
+        self.events.append('lost')
+
+
+def open_transport(loop, what, made):
+    """A transport of kind `what`; with made=False, the loop is closed
+    before its connection_made could run.  Returns (transport, protocol,
+    fileobj it owns, a cleanup closing the other end)."""
+    import os
+    if what == 'datagram':
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(('127.0.0.1', 0))
+        sock.setblocking(False)
+        proto = DatagramProto()
+        if made:
+            tr, _ = loop.run_until_complete(loop.create_datagram_endpoint(
+                lambda: proto, sock=sock))
+        else:
+            tr = loop._make_datagram_transport(sock, proto)
+        return tr, proto, sock, lambda: None
+    rfd, wfd = os.pipe()
+    proto = Proto()
+    if what == 'read_pipe':
+        f, other = open(rfd, 'rb', buffering=0), wfd
+        connect, make = loop.connect_read_pipe, loop._make_read_pipe_transport
+    else:
+        f, other = open(wfd, 'wb', buffering=0), rfd
+        connect, make = loop.connect_write_pipe, loop._make_write_pipe_transport
+    if made:
+        tr, _ = loop.run_until_complete(connect(lambda: proto, f))
+    else:
+        tr = make(f, proto)
+    return tr, proto, f, lambda: os.close(other)
+
+
+def is_closed(fileobj):
+    if isinstance(fileobj, socket.socket):
+        return fileobj.fileno() == -1
+    return fileobj.closed
+
+
+@kinds
+@pytest.mark.parametrize('what', ['read_pipe', 'write_pipe', 'datagram'])
+@pytest.mark.parametrize('made', [True, False], ids=['made', 'not_made'])
+def test_loop_close_leaves_transport_open_then_warns(kind, what, made):
+    before = open_fds()
+    loop = new_loop(kind)
+    tr, proto, fileobj, cleanup = open_transport(loop, what, made)
+    loop.close()
+    assert proto.events == (['made'] if made else [])
+    assert not tr.is_closing()
+    assert not is_closed(fileobj)
+    box = [tr]
+    del tr
+    assert len(unclosed_transport_warnings(box)) == 1
+    assert proto.events == (['made'] if made else [])
+    assert is_closed(fileobj)
+    cleanup()
+    assert open_fds() == before
+
+
+@kinds
+@pytest.mark.parametrize('what', ['read_pipe', 'datagram'])
+def test_forgotten_loop_with_transport_is_collected(kind, what):
+    before = open_fds()
+    loop = new_loop(kind)
+    tr, proto, fileobj, cleanup = open_transport(loop, what, True)
+    with Recorded() as got:
+        del loop, tr
+    assert len(resource_messages(got, 'unclosed event loop')) == 1
+    assert len(resource_messages(got, 'unclosed transport')) == 1
+    assert proto.events == ['made']
+    cleanup()
+    assert open_fds() == before
