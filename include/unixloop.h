@@ -993,9 +993,11 @@ UL_EXTERN int ul_process_kill(ul_process *process);       /* SIGKILL */
  * A child still running is not signalled; it stays watched (by a reaper
  * thread if its loop closes first) and is reaped when it exits, so no
  * zombie is left.  The pointer is invalid afterwards.  May be called from
- * the exit callback.  ul_loop_close() calls the exit callback of processes
- * still running with -ECANCELED and then frees them: do not call
- * ul_process_close() after that.  Errors: -EINVAL. */
+ * the exit callback.  ul_loop_close() frees every process of the loop: one
+ * whose exit callback has not run gets it first (-ECANCELED while the child
+ * still runs: it is then reaped by a thread when it exits; ul_process_pidfd
+ * is still valid in that callback); do not call ul_process_close() after
+ * ul_loop_close().  Errors: -EINVAL. */
 UL_EXTERN int ul_process_close(ul_process *process);
 
 /* The loop and the arg given at spawn / watch. */
