@@ -39,7 +39,8 @@ core = Extension(
     sources=binding_sources + library_sources(),
     include_dirs=["include", "src"],
     depends=headers + [os.path.join("src", "SOURCES")],
-    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra"],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wextra",
+                        "-Werror=implicit-function-declaration"],
     libraries=["pthread", "m"],
 )
 

@@ -329,9 +329,7 @@ def _cpu(ru):
 def run_echo(loop, api, family, size, warmup, duration, client):
     """Serves echo with `api` ('sock', 'proto' or 'streams') on `family`
     ('tcp' or 'unix'), runs the C client against it and measures the
-    server's CPU time (getrusage, this process) over the client's measured
-    window.  The client's stdout is read by a helper thread that is blocked
-    in read() except at the two window marks."""
+    server's CPU time (run_client)."""
     tmpdir = None
     lsock = None
     server = None
@@ -382,6 +380,32 @@ def run_echo(loop, api, family, size, warmup, duration, client):
 
     cmd = [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
                                "-d", str(duration), "-w", str(warmup)]
+
+    def cleanup():
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        if lsock is not None:
+            lsock.close()
+        if server is not None:
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+
+    try:
+        return run_client(loop, cmd, cleanup)[0]
+    finally:
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def run_client(loop, cmd, cleanup):
+    """Runs the load generator `cmd` (echo_client, udp_client) against the
+    server on `loop` and measures this process's CPU time (getrusage) over
+    the client's measured window; `cleanup()` runs once the client is done.
+    The client's stdout is read by a helper thread that is blocked in read()
+    except at the two window marks.  Returns (figures, the client's result
+    line)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     done = loop.create_future()
     marks = {}
@@ -405,22 +429,13 @@ def run_echo(loop, api, family, size, warmup, duration, client):
     try:
         loop.run_until_complete(done)
     finally:
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        if lsock is not None:
-            lsock.close()
-        if server is not None:
-            server.close()
-            loop.run_until_complete(server.wait_closed())
+        cleanup()
         th.join(10)
         rc = proc.wait(10)
         err = proc.stderr.read().decode(errors="replace").strip()
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
     if "result" not in marks or rc != 0:
-        raise RuntimeError("echo_client failed (rc=%s): %s" % (rc, err))
+        raise RuntimeError("%s failed (rc=%s): %s"
+                           % (os.path.basename(cmd[0]), rc, err))
     res = marks["result"]
     cpu = _cpu(marks["ru1"]) - _cpu(marks["ru0"])
     window = marks["t1"] - marks["t0"]
@@ -433,7 +448,7 @@ def run_echo(loop, api, family, size, warmup, duration, client):
         "server_window_s": window,
         "server_busy": cpu / window if window > 0 else None,
         "cpu_us_per_req": cpu / reqs * 1e6 if reqs else None,
-    }
+    }, res
 
 
 # --------------------------------------------------------------------------
@@ -562,7 +577,12 @@ def print_table(rows, loops, out=sys.stdout):
             "%.0f%%" % (r["spread"] * 100) if r["spread"] is not None else "-",
             ratio(m.get("uvloop"), m.get("asyncio")),
         ])
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    write_table(table, out)
+
+
+def write_table(table, out):
+    """A markdown table: the header row first; two left-aligned columns."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = []
     for j, row in enumerate(table):
         cells = [row[i].ljust(widths[i]) if i < 2 else row[i].rjust(widths[i])
@@ -571,6 +591,18 @@ def print_table(rows, loops, out=sys.stdout):
         if j == 0:
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     out.write("\n".join(lines) + "\n")
+
+
+def run_worker(cmd, timeout):
+    """Runs one worker process; returns its last stdout line, parsed.
+    Raises RuntimeError (with the last line of stderr), ValueError or
+    subprocess.TimeoutExpired."""
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    lines = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not lines:
+        raise RuntimeError((p.stderr.strip().splitlines() or
+                            ["rc=%d" % p.returncode])[-1])
+    return json.loads(lines[-1])
 
 
 def driver(args):
@@ -642,13 +674,7 @@ def driver(args):
                        "--loop", l, "--warmup", str(warm), "--duration", str(dur),
                        "--echo-client", client]
                 try:
-                    p = subprocess.run(cmd, capture_output=True, text=True,
-                                       timeout=60 + 10 * (warm + dur))
-                    lines = p.stdout.strip().splitlines()
-                    if p.returncode != 0 or not lines:
-                        raise RuntimeError((p.stderr.strip().splitlines() or
-                                            ["rc=%d" % p.returncode])[-1])
-                    res = json.loads(lines[-1])
+                    res = run_worker(cmd, 60 + 10 * (warm + dur))
                 except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
                     errors[l] = str(e)
                     print("  %s run %d %s: FAILED: %s" % (name, run, l, e),

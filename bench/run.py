@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The `make bench` entry point: cbench.py (C: libunixloop vs libuv), then
-pybench.py (Python: asyncio vs uvloop vs unixloop).
+pybench.py, udpbench.py and pipebench.py (Python: asyncio vs uvloop vs
+unixloop), then spawnbench.py (spawning, in C and in Python).
 
     python3 bench/run.py                  # full: about 10-12 minutes
     python3 bench/run.py --quick          # smoke test: about a minute
@@ -28,6 +29,9 @@ def main(argv=None):
     ap.add_argument("--json-dir", help="write cbench.jsonl and pybench.jsonl here")
     ap.add_argument("--skip-c", action="store_true", help="skip cbench.py")
     ap.add_argument("--skip-py", action="store_true", help="skip pybench.py")
+    ap.add_argument("--skip-udp", action="store_true", help="skip udpbench.py")
+    ap.add_argument("--skip-pipe", action="store_true", help="skip pipebench.py")
+    ap.add_argument("--skip-spawn", action="store_true", help="skip spawnbench.py")
     ap.add_argument("rest", nargs="*", help="(after --) arguments for pybench.py")
     args = ap.parse_args(argv)
 
@@ -36,13 +40,14 @@ def main(argv=None):
         common.append("--quick")
     if args.repeat is not None:
         common += ["--repeat", str(args.repeat)]
-    c_args, py_args = list(common), list(common)
+    c_args, py_args, pipe_args = list(common), list(common), list(common)
     if args.ul_build:
         c_args += ["--ul-build", args.ul_build]
     if args.json_dir:
         os.makedirs(args.json_dir, exist_ok=True)
         c_args += ["--json", os.path.join(args.json_dir, "cbench.jsonl")]
         py_args += ["--json", os.path.join(args.json_dir, "pybench.jsonl")]
+        pipe_args += ["--json", os.path.join(args.json_dir, "pipebench.jsonl")]
     py_args += args.rest
 
     status = 0
@@ -55,6 +60,27 @@ def main(argv=None):
         print("== Python: asyncio vs uvloop vs unixloop (pybench.py %s)"
               % " ".join(py_args), flush=True)
         status |= subprocess.call([sys.executable, os.path.join(HERE, "pybench.py")] + py_args)
+    if not args.skip_udp:
+        udp_args = list(common)
+        if args.json_dir:
+            udp_args += ["--json", os.path.join(args.json_dir, "udpbench.jsonl")]
+        print("\n== Python UDP echo: asyncio vs uvloop vs unixloop "
+              "(udpbench.py %s)" % " ".join(udp_args), flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(HERE, "udpbench.py")]
+                                  + udp_args)
+        print(flush=True)
+    if not args.skip_pipe:
+        print("== Python pipes: asyncio vs uvloop vs unixloop (pipebench.py %s)"
+              % " ".join(pipe_args), flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(HERE, "pipebench.py")] + pipe_args)
+    if not args.skip_spawn:
+        spawn_args = list(common)
+        if args.json_dir:
+            spawn_args += ["--json", os.path.join(args.json_dir, "spawnbench.jsonl")]
+        print("\n== Spawning: C and Python (spawnbench.py %s)" % " ".join(spawn_args),
+              flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(HERE, "spawnbench.py")]
+                                  + spawn_args)
     print("\nbench/run.py: done in %.0f s (python %s)" % (time.time() - t0, sys.executable))
     return 1 if status else 0
 

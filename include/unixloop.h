@@ -145,8 +145,10 @@ UL_EXTERN int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options);
 /* Closes the loop and frees it.  Callbacks still queued and timers still
  * pending are called with status -ECANCELED (in the order they would have
  * run), so they can release their argument; fd watchers are dropped without
- * a call (the fds are not closed: they belong to the caller).  Streams still
- * open lose their connection with -ECANCELED.  Servers still open are
+ * a call (the fds are not closed: they belong to the caller).  Streams and
+ * datagram transports still open lose their connection with -ECANCELED
+ * (even those whose connection_made had not run yet: connection_lost is
+ * then their only callback).  Servers still open are
  * closed; connects in progress get -ECANCELED: first each connect's
  * callback runs with fd = -ECANCELED (its socket closed) so that it can
  * release its arg, then each server still open is closed as by
@@ -382,8 +384,9 @@ typedef struct ul_stream_protocol {
    * (half-closed: writing still works); zero, or NULL, closes it. */
   int (*eof_received)(ul_stream *stream, void *ctx);
   /* Last callback: `err` is 0 after close / abort / EOF, or the error that
-   * ended the connection (-ECONNRESET, -EPIPE, ...).  The fd is closed and
-   * the stream freed when it returns. */
+   * ended the connection (-ECONNRESET, -EPIPE, ...), or -ECANCELED when
+   * ul_loop_close() ended it (then possibly without connection_made).  The
+   * fd is closed and the stream freed when it returns. */
   void (*connection_lost)(ul_stream *stream, int err, void *ctx);
   /* Flow control: the write buffer rose above the high-water mark / fell to
    * the low-water mark.  May be NULL. */
@@ -421,6 +424,25 @@ UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
                               size_t len);
 UL_EXTERN int ul_stream_writev(ul_stream *stream, const struct iovec *iov,
                                int iovcnt);
+
+/* Gives back a buffer queued by ul_stream_write_ref(). */
+typedef void (*ul_release_cb)(void *arg);
+
+/* As ul_stream_write(), but what the kernel does not take at once is
+ * queued by reference, not copied: `data` must stay valid and unchanged
+ * until `release(arg)` is called.  For large immutable buffers (the Python
+ * binding passes bytes objects).  When bytes queued by ul_stream_write()
+ * are still waiting, the rest is copied instead (so that nothing overtakes
+ * them).
+ * Returns 1 when the stream kept the reference: release(arg) is then called
+ * exactly once, on the loop's thread, when the stream is done with the
+ * bytes (sent, dropped by abort or an error, or the loop closed) -- which
+ * may be before this returns.  Returns 0 when it did not (all written, or
+ * copied): release is never called.
+ * Errors: as ul_stream_write(), and -EINVAL for a NULL release. */
+UL_EXTERN int ul_stream_write_ref(ul_stream *stream, const void *data,
+                                  size_t len, ul_release_cb release,
+                                  void *arg);
 
 /* Closes the write side once the buffer is flushed (shutdown(SHUT_WR)).
  * Errors: -EINVAL, -ENOTSUP (the fd cannot half-close, e.g. a pipe). */
@@ -511,6 +533,53 @@ UL_EXTERN int ul_stream_sendfile(ul_stream *stream, int file_fd, off_t offset,
  * stream stays open -- writes work again at once.  Returns 1 if one was
  * running, 0 if not.  Errors: -EINVAL (NULL). */
 UL_EXTERN int ul_stream_sendfile_cancel(ul_stream *stream);
+
+/* ------------------------------------------------------------------------ */
+/* Pipe transports                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* asyncio's read and write pipe transports (connect_read_pipe,
+ * connect_write_pipe, a subprocess's stdin / stdout / stderr) over a pipe
+ * end, a socket or a character device such as a PTY.  A pipe transport is
+ * a ul_stream of a pipe kind: the ul_stream_* functions work on it, with
+ * the differences written here, and the rules of ul_stream_open (ownership,
+ * when callbacks run, freeing after connection_lost) hold.
+ *
+ * On success the transport takes the fd (sets it non-blocking, closes it
+ * when the connection is lost unless ul_stream_release_fd() was called).
+ * On error the fd is left open and stays the caller's (asyncio raises and
+ * leaves the pipe to its owner).  Writing to a pipe whose reader went away
+ * raises SIGPIPE unless it is ignored (CPython ignores it); sockets use
+ * MSG_NOSIGNAL. */
+
+/* A read pipe: reads as a stream does (data_received or a buffered
+ * protocol, pause / resume reading).  At EOF eof_received runs (its return
+ * value is ignored) and then connection_lost(0): a read pipe never stays
+ * half-open.  A read error ends it with connection_lost(-errno), e.g. -EIO
+ * from a PTY whose other side was closed.  Writes return -EPIPE,
+ * ul_stream_write_eof() -ENOTSUP.
+ * Errors: -EINVAL (NULL argument, no data callback, or an fd that is not a
+ * FIFO, socket or character device: a regular file, a directory...),
+ * -EBADF (fd not open), -ENOMEM, -ESHUTDOWN (the loop is being closed). */
+UL_EXTERN int ul_pipe_open_read(ul_loop *loop, int fd,
+                                const ul_stream_protocol *protocol, void *ctx,
+                                ul_stream **stream_out);
+
+/* A write pipe: writes, the write buffer and its water marks
+ * (pause_writing / resume_writing) as a stream's; data_received and
+ * get_buffer are not needed.  On a FIFO or a socket the fd is watched for
+ * the reader going away: connection_lost(-EPIPE) if bytes were still
+ * queued (they are dropped), connection_lost(0) if none were, as asyncio.
+ * A write that fails ends it with connection_lost(-errno) (-EPIPE when the
+ * reader went away, -EIO for a PTY whose other side closed...).
+ * ul_stream_write_eof() is ul_stream_close(): flush, then close the fd,
+ * which is the reader's EOF (ul_stream_can_write_eof() is 1).
+ * ul_stream_pause_reading() / resume_reading() return -ENOTSUP and
+ * ul_stream_is_reading() is 0.
+ * Errors: as ul_pipe_open_read(), except that no data callback is needed. */
+UL_EXTERN int ul_pipe_open_write(ul_loop *loop, int fd,
+                                 const ul_stream_protocol *protocol,
+                                 void *ctx, ul_stream **stream_out);
 
 /* ------------------------------------------------------------------------ */
 /* Connecting and listening: TCP and UNIX-domain stream sockets            */
@@ -605,6 +674,333 @@ UL_EXTERN int ul_server_release_fd(ul_server *server);
  * server pointer is dangling -- do not call ul_server_close() on it.
  * Errors: -EINVAL. */
 UL_EXTERN int ul_server_close(ul_server *server);
+
+/* ------------------------------------------------------------------------ */
+/* Datagram transports: UDP (IPv4, IPv6) and UNIX-domain datagram sockets  */
+/* ------------------------------------------------------------------------ */
+
+/* A datagram transport: asyncio's datagram transport for a SOCK_DGRAM
+ * socket, connected (it has a peer: datagrams go to it, and only its
+ * datagrams are received) or not (each send names its destination).
+ * Opaque; owned by the loop from ul_dgram_open() until connection_lost has
+ * returned, when it is freed: the pointer must not be used after that. */
+typedef struct ul_dgram ul_dgram;
+
+/* The protocol: asyncio's DatagramProtocol as a table of callbacks, all
+ * called on the loop, never from inside a ul_dgram_* call -- except
+ * pause_writing, which runs inside the ul_dgram_sendto /
+ * ul_dgram_set_write_buffer_limits call that crosses the high-water mark,
+ * as in asyncio.  `ctx` is the pointer given to ul_dgram_open().  Any
+ * callback may close or abort the transport. */
+typedef struct ul_dgram_protocol {
+  /* First callback, in the iteration after ul_dgram_open().  May be NULL. */
+  void (*connection_made)(ul_dgram *dgram, void *ctx);
+  /* One datagram (possibly empty): `data` and `addr` (the sender, `addrlen`
+   * bytes; 0 for an unnamed UNIX-domain sender on some systems) are valid
+   * only during the call.  Required.  Datagrams arrive in batches (one
+   * recvmmsg per wake-up); closing the transport here drops the rest of the
+   * batch. */
+  void (*datagram_received)(ul_dgram *dgram, const char *data, size_t len,
+                            const struct sockaddr *addr, socklen_t addrlen,
+                            void *ctx);
+  /* A receive or send error that does not end the transport: on a connected
+   * socket, an ICMP error from an earlier datagram (-ECONNREFUSED when
+   * nothing listens at the peer), or a queued datagram the kernel refused
+   * (-EMSGSIZE, ...; that datagram is dropped).  May be NULL. */
+  void (*error_received)(ul_dgram *dgram, int err, void *ctx);
+  /* Last callback: `err` is 0 after close / abort, -ECANCELED when the
+   * loop was closed first (then possibly without connection_made), or the
+   * error that ended the transport.  The fd is closed and the transport
+   * freed when it returns. */
+  void (*connection_lost)(ul_dgram *dgram, int err, void *ctx);
+  /* Flow control: the bytes queued rose above the high-water mark / fell
+   * to the low-water mark.  May be NULL. */
+  void (*pause_writing)(ul_dgram *dgram, void *ctx);
+  void (*resume_writing)(ul_dgram *dgram, void *ctx);
+} ul_dgram_protocol;
+
+/* Default write buffer limits, as asyncio's: high 64 KiB, low high / 4. */
+#define UL_DGRAM_HIGH_WATER (64 * 1024)
+
+/* Wraps a SOCK_DGRAM socket (bound, connected, or neither).  The transport
+ * takes the fd (sets it non-blocking; closes it when the connection is
+ * lost, also on error here).  A socket connected at this call is used as
+ * connected: sends go to its peer.  connection_made runs in the next
+ * iteration, then receiving starts.  `protocol` must stay valid until
+ * connection_lost has returned.
+ * Errors: -EINVAL (NULL argument, no datagram_received, not a SOCK_DGRAM
+ * socket), -EBADF, -ENOTSOCK, -ENOMEM. */
+UL_EXTERN int ul_dgram_open(ul_loop *loop, int fd,
+                            const ul_dgram_protocol *protocol, void *ctx,
+                            ul_dgram **dgram_out);
+
+/* Sends one datagram of `len` bytes (0 is a valid, empty datagram) at
+ * once; only when the kernel would block (EAGAIN, ENOBUFS) is it copied to
+ * the transport's queue and sent when the fd is writable, in order.
+ * `addr` is the destination: required when not connected; when connected
+ * it must be NULL or the peer's address.  The caller keeps `data` and
+ * `addr`.
+ * Errors: -EINVAL (NULL with a length, addr and addrlen disagree),
+ * -EPIPE (closing), -EDESTADDRREQ (not connected and no addr), -EISCONN
+ * (connected and addr is another address), -ENOMEM; and the send's own
+ * error, the datagram then dropped and the transport still open (asyncio
+ * passes these to error_received): -ECONNREFUSED (an earlier ICMP error on
+ * a connected socket), -EMSGSIZE, -ENETUNREACH, -EACCES (broadcast without
+ * UL_DGRAM_BROADCAST), ... */
+UL_EXTERN int ul_dgram_sendto(ul_dgram *dgram, const void *data, size_t len,
+                              const struct sockaddr *addr, socklen_t addrlen);
+
+/* Stops receiving, sends what is queued, then closes: connection_lost(0)
+ * runs once the queue is empty (in the next iteration if it is already).
+ * Calling it again does nothing.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_close(ul_dgram *dgram);
+
+/* Closes at once, dropping the queue; connection_lost(0) runs in the next
+ * iteration.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_abort(ul_dgram *dgram);
+
+UL_EXTERN int ul_dgram_is_closing(const ul_dgram *dgram);
+
+/* Payload bytes waiting in the queue. */
+UL_EXTERN size_t ul_dgram_get_write_buffer_size(const ul_dgram *dgram);
+
+/* Sets the water marks (asyncio's set_write_buffer_limits): -1 for high
+ * means UL_DGRAM_HIGH_WATER (or 4 x low when low is given), -1 for low
+ * means high / 4.  May call pause_writing at once.
+ * Errors: -EINVAL (low > high). */
+UL_EXTERN int ul_dgram_set_write_buffer_limits(ul_dgram *dgram, ssize_t high,
+                                               ssize_t low);
+UL_EXTERN void ul_dgram_get_write_buffer_limits(const ul_dgram *dgram,
+                                                size_t *low, size_t *high);
+
+/* Copies the connected peer's address.  Errors: -EINVAL, -ENOTCONN. */
+UL_EXTERN int ul_dgram_get_peer(const ul_dgram *dgram,
+                                struct sockaddr_storage *addr,
+                                socklen_t *addrlen);
+
+/* From now on the transport does not close its fd when the connection is
+ * lost: the caller keeps owning it.  Returns the fd.  Errors: -EINVAL. */
+UL_EXTERN int ul_dgram_release_fd(ul_dgram *dgram);
+
+/* The fd, the loop and the protocol's ctx. */
+UL_EXTERN int ul_dgram_fileno(const ul_dgram *dgram);
+UL_EXTERN ul_loop *ul_dgram_get_loop(const ul_dgram *dgram);
+UL_EXTERN void *ul_dgram_get_context(const ul_dgram *dgram);
+
+/* Flags of ul_dgram_socket(). */
+enum ul_dgram_flags {
+  UL_DGRAM_REUSEPORT = 1,  /* SO_REUSEPORT (not for AF_UNIX) */
+  UL_DGRAM_BROADCAST = 2,  /* SO_BROADCAST: may send to broadcast addresses */
+  UL_DGRAM_IPV6ONLY = 4    /* IPV6_V6ONLY on an AF_INET6 socket */
+};
+
+/* Creates a non-blocking, close-on-exec SOCK_DGRAM socket of `family`
+ * (AF_INET, AF_INET6, AF_UNIX; AF_UNSPEC takes the family of the
+ * addresses), sets `flags`, binds it to `local` and connects it to
+ * `remote` when they are not NULL (a UNIX-domain `local` path must not
+ * exist yet; it is not removed later).  Returns the fd, which the caller
+ * owns (typically passing it to ul_dgram_open), or a negative errno.
+ * Errors: -EINVAL (unknown family or flag, an address of another family
+ * or of a bad length, REUSEPORT on AF_UNIX), -EADDRINUSE, -EACCES,
+ * -EADDRNOTAVAIL, -ENOENT (no UNIX-domain socket at `remote`),
+ * -ECONNREFUSED, -EMFILE, ... */
+UL_EXTERN int ul_dgram_socket(int family, const struct sockaddr *local,
+                              socklen_t local_len,
+                              const struct sockaddr *remote,
+                              socklen_t remote_len, unsigned flags);
+
+/* ------------------------------------------------------------------------ */
+/* Spawning processes                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* What a child's stdin / stdout / stderr is. */
+typedef enum ul_stdio_mode {
+  UL_STDIO_INHERIT = 0,  /* the parent's own fd 0 / 1 / 2 */
+  UL_STDIO_PIPE = 1,     /* a new pipe; the parent's end (non-blocking,
+                            close-on-exec) is returned by ul_spawn */
+  UL_STDIO_DEVNULL = 2,  /* /dev/null */
+  UL_STDIO_FD = 3,       /* the fd in ul_stdio.fd (the caller keeps it) */
+  UL_STDIO_STDOUT = 4    /* stderr only: the same as the child's stdout */
+} ul_stdio_mode;
+
+typedef struct ul_stdio {
+  ul_stdio_mode mode;
+  int fd;                /* UL_STDIO_FD only */
+} ul_stdio;
+
+/* ul_spawn_options.flags: each flag turns on one option. */
+enum ul_spawn_flags {
+  UL_SPAWN_CLOSE_FDS = 1,         /* close every fd >= 3 but pass_fds */
+  UL_SPAWN_NEW_SESSION = 2,       /* setsid() */
+  UL_SPAWN_PROCESS_GROUP = 4,     /* setpgid(0, process_group) */
+  UL_SPAWN_UMASK = 8,             /* umask(umask) */
+  UL_SPAWN_SETUID = 16,           /* setresuid(uid, uid, uid) */
+  UL_SPAWN_SETGID = 32,           /* setresgid(gid, gid, gid) */
+  UL_SPAWN_SETGROUPS = 64,        /* setgroups(ngroups, groups) */
+  UL_SPAWN_RESTORE_SIGNALS = 128  /* SIGPIPE and SIGXFSZ back to SIG_DFL
+                                     (Python's restore_signals) */
+};
+
+/* How to start a child.  Zero-initialise, then set what you need. */
+typedef struct ul_spawn_options {
+  /* The program: a path, or a name looked up in $PATH (the PATH of `envp`
+   * when it has one, else the parent's) when it has no '/'.  NULL means
+   * argv[0]. */
+  const char *file;
+  char *const *argv;        /* NULL-terminated, at least argv[0] */
+  char *const *envp;        /* NULL-terminated; NULL: the parent's environ */
+  const char *cwd;          /* NULL: the parent's */
+  ul_stdio stdio[3];
+  unsigned flags;           /* ul_spawn_flags */
+  const int *pass_fds;      /* fds the child keeps (made inheritable) */
+  size_t npass_fds;
+  pid_t process_group;      /* UL_SPAWN_PROCESS_GROUP */
+  mode_t umask;             /* UL_SPAWN_UMASK */
+  uid_t uid;                /* UL_SPAWN_SETUID */
+  gid_t gid;                /* UL_SPAWN_SETGID */
+  const gid_t *groups;      /* UL_SPAWN_SETGROUPS */
+  size_t ngroups;
+} ul_spawn_options;
+
+/* Where a failed ul_spawn failed (ul_spawn_result.failed_step). */
+enum ul_spawn_step {
+  UL_SPAWN_STEP_PARENT = 0,  /* in the parent: bad options, no fds, ... */
+  UL_SPAWN_STEP_SETUP = 1,   /* in the child, before exec (cwd, setuid,
+                                dup2, ...) */
+  UL_SPAWN_STEP_EXEC = 2     /* exec itself (ENOENT, EACCES, ENOEXEC, ...) */
+};
+
+typedef struct ul_spawn_result {
+  pid_t pid;
+  int stdio_fds[3];   /* the parent's end of each UL_STDIO_PIPE, else -1:
+                         stdin's is the write end, the others the read end.
+                         The caller owns them. */
+  int pidfd;          /* a pidfd of the child (close-on-exec) when asked for
+                         with ul_spawn_pidfd(), else -1; the caller owns it */
+  int failed_step;    /* on error: an ul_spawn_step */
+} ul_spawn_result;
+
+/* Starts a child without copying the parent's memory
+ * (clone(CLONE_VM | CLONE_VFORK) with a small stack of its own), so the
+ * cost does not grow with the parent's heap.  In the child: every signal
+ * handler the parent installed is reset to SIG_DFL (ignored signals stay
+ * ignored unless UL_SPAWN_RESTORE_SIGNALS), the parent's signal mask is
+ * kept, then in this order: setsid / setpgid, stdio, cwd, umask, groups,
+ * gid, uid, close_fds / pass_fds, exec.  Returns once the child has called
+ * exec (or failed).  The child is the caller's to reap.
+ * Errors: -EINVAL (NULL options or result, no argv[0], bad stdio), the
+ * parent's errors (-EMFILE, -ENOMEM, -EAGAIN), and the child's: exec's
+ * (-ENOENT, -EACCES, -ENOEXEC, ...) with failed_step UL_SPAWN_STEP_EXEC, or
+ * a setup step's (-ENOENT for a missing cwd, -EPERM for setuid, ...) with
+ * UL_SPAWN_STEP_SETUP.  A child that failed is reaped before this returns,
+ * and nothing is left open. */
+UL_EXTERN int ul_spawn(const ul_spawn_options *options,
+                       ul_spawn_result *result);
+
+/* As ul_spawn(), also returning a pidfd for the child in result->pidfd
+ * (CLONE_PIDFD, or pidfd_open() on kernels without it; -1 where neither
+ * works). */
+UL_EXTERN int ul_spawn_pidfd(const ul_spawn_options *options,
+                             ul_spawn_result *result);
+
+/* ------------------------------------------------------------------------ */
+/* Processes and child watchers                                             */
+/* ------------------------------------------------------------------------ */
+
+/* A child process watched by a loop.  Opaque; see ul_process_close() for
+ * when it is freed. */
+typedef struct ul_process ul_process;
+
+/* The child exited: `returncode` is its exit status (0..255), or minus the
+ * number of the signal that killed it (-9 for SIGKILL), or 255 when it was
+ * reaped by other code (the loop's error handler is told), or -ECANCELED
+ * (-125) when the loop was closed first.  Called once, on the loop; the
+ * process stays valid until ul_process_close(). */
+typedef void (*ul_exit_cb)(ul_process *process, int returncode, void *arg);
+
+/* How a loop learns that its children exited (ul_loop_set_child_watcher).
+ * The watchers of the seed (asyncio's unix_events.py): */
+typedef enum ul_child_watcher {
+  UL_WATCHER_DEFAULT = 0,  /* pidfd where the kernel has it, else thread */
+  UL_WATCHER_PIDFD = 1,    /* a pidfd per child on the loop's poller: O(1)
+                              per exit, no signal handler, no thread */
+  UL_WATCHER_SAFE = 2,     /* SIGCHLD, then waitpid(pid) for each child of
+                              the loop: O(n) per SIGCHLD */
+  UL_WATCHER_FAST = 3,     /* SIGCHLD, then waitpid(-1): O(1) per exit, but
+                              it reaps every child of the process, also the
+                              ones other code started (they are reported as
+                              "unknown"); a child that exits before it is
+                              registered is kept and reported when it is */
+  UL_WATCHER_THREAD = 4,   /* a thread per child blocked in waitpid(pid) */
+  UL_WATCHER_MULTI = 5     /* SIGCHLD on any loop that has children reaps
+                              (waitpid(pid)) the children of every loop
+                              watched this way, in any thread, and passes
+                              each exit to its own loop: children of loops
+                              that are not running are reaped anyway */
+} ul_child_watcher;
+
+/* Selects how the loop watches the children it starts from now on.
+ * SAFE, FAST and MULTI add a SIGCHLD handler to the loop (see Signals).
+ * Errors: -EINVAL (NULL loop, unknown watcher), -ENOSYS (PIDFD on a kernel
+ * without pidfd_open), -EBUSY (the loop watches children). */
+UL_EXTERN int ul_loop_set_child_watcher(ul_loop *loop,
+                                        ul_child_watcher watcher);
+
+/* The watcher in use (never UL_WATCHER_DEFAULT). */
+UL_EXTERN ul_child_watcher ul_loop_get_child_watcher(const ul_loop *loop);
+
+/* Spawns a child (ul_spawn) and watches it: `cb` runs once on the loop when
+ * it has exited (its status reaped).  On success stores the process in
+ * *process_out and the parent's pipe ends in stdio_fds (may be NULL when no
+ * stdio is UL_STDIO_PIPE; the caller owns them).  When it fails nothing is
+ * started and `cb` is never called; *failed_step (may be NULL) tells where.
+ * Errors: those of ul_spawn, -EINVAL (NULL loop, cb or process_out),
+ * -ESHUTDOWN (the loop is being closed), -ENOMEM. */
+UL_EXTERN int ul_process_spawn(ul_loop *loop, const ul_spawn_options *options,
+                               ul_exit_cb cb, void *arg,
+                               ul_process **process_out, int stdio_fds[3],
+                               int *failed_step);
+
+/* Watches a child started by other code (it must be a child of this
+ * process, not yet reaped).  Errors: -EINVAL, -ESHUTDOWN, -ENOMEM, -ESRCH
+ * (pidfd watcher: no such process). */
+UL_EXTERN int ul_process_watch(ul_loop *loop, pid_t pid, ul_exit_cb cb,
+                               void *arg, ul_process **process_out);
+
+UL_EXTERN pid_t ul_process_pid(const ul_process *process);
+
+/* The child's pidfd (owned by the process: dup it to keep it), or -1 when
+ * the kernel has none or the child has been reaped.  With it, a signal
+ * can still reach the child after ul_loop_close (in the -ECANCELED exit
+ * callback: dup it there) without ever hitting a recycled pid. */
+UL_EXTERN int ul_process_pidfd(const ul_process *process);
+
+/* 1 once the exit callback has run (or is running), else 0. */
+UL_EXTERN int ul_process_exited(const ul_process *process);
+
+/* The returncode given to the exit callback; meaningful once
+ * ul_process_exited() is 1. */
+UL_EXTERN int ul_process_returncode(const ul_process *process);
+
+/* Sends a signal (pidfd_send_signal when the process has a pidfd, so a
+ * recycled pid is never hit).  Errors: -EINVAL (NULL, bad signal), -ESRCH
+ * (the child has exited: its status was reaped), -EPERM. */
+UL_EXTERN int ul_process_send_signal(ul_process *process, int signum);
+UL_EXTERN int ul_process_terminate(ul_process *process);  /* SIGTERM */
+UL_EXTERN int ul_process_kill(ul_process *process);       /* SIGKILL */
+
+/* Releases the process: its exit callback will not run after this returns.
+ * A child still running is not signalled; it stays watched (by a reaper
+ * thread if its loop closes first) and is reaped when it exits, so no
+ * zombie is left.  The pointer is invalid afterwards.  May be called from
+ * the exit callback.  ul_loop_close() calls the exit callback of processes
+ * still running with -ECANCELED and then frees them: do not call
+ * ul_process_close() after that.  Errors: -EINVAL. */
+UL_EXTERN int ul_process_close(ul_process *process);
+
+/* The loop and the arg given at spawn / watch. */
+UL_EXTERN ul_loop *ul_process_get_loop(const ul_process *process);
+UL_EXTERN void *ul_process_get_arg(const ul_process *process);
 
 #ifdef __cplusplus
 }

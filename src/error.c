@@ -45,7 +45,12 @@
   XX(EHOSTUNREACH, "host is unreachable")                         \
   XX(EALREADY, "connection already in progress")                  \
   XX(EINPROGRESS, "operation in progress")                        \
-  XX(ECANCELED, "operation canceled")
+  XX(ECANCELED, "operation canceled")                             \
+  XX(EMSGSIZE, "message too long")                                \
+  XX(EDESTADDRREQ, "destination address required")                \
+  XX(EISCONN, "socket is already connected")                      \
+  XX(ENOBUFS, "no buffer space available")                        \
+  XX(EAFNOSUPPORT, "address family not supported")
 
 const char *ul_strerror(int err) {
   if (err == 0)

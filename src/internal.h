@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "unixloop.h"
 
@@ -118,9 +119,43 @@ typedef struct ul__signals {
 void ul__signals_dispatch(ul_loop *loop);
 void ul__signals_close(ul_loop *loop);
 
+/* ---- transports (stream.c, dgram.c) ----------------------------------------- */
+
+/* asyncio's _set_write_buffer_limits: -1 for high means `dflt` (or 4 x low
+ * when low is given), -1 for low means high / 4.  0, or -EINVAL when
+ * low > high. */
+static inline int ul__water_marks(ssize_t high, ssize_t low, size_t dflt,
+                                  size_t *high_out, size_t *low_out) {
+  if (high < 0)
+    high = low < 0 ? (ssize_t)dflt : 4 * low;
+  if (low < 0)
+    low = high / 4;
+  if (low > high)
+    return -EINVAL;
+  *high_out = (size_t)high;
+  *low_out = (size_t)low;
+  return 0;
+}
+
 /* ---- streams (stream.c) --------------------------------------------------- */
 
 void ul__streams_close_all(ul_loop *loop);
+
+/* ---- datagram transports (dgram.c) ------------------------------------- */
+
+void ul__dgrams_close_all(ul_loop *loop);
+
+/* ---- pipes (pipe.c, stream.c) ------------------------------------------ */
+
+/* Kinds of stream for ul__stream_open (0: ul_stream_open's, from the fd). */
+enum ul__stream_kind {
+  UL__STREAM_PIPE_READ = 1,       /* read pipe: never writes, EOF closes */
+  UL__STREAM_PIPE_WRITE = 2,      /* write pipe: readability = reader gone */
+  UL__STREAM_NO_HANGUP_WATCH = 4  /* with PIPE_WRITE: do not watch it */
+};
+
+int ul__stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
+                    void *ctx, unsigned kind, ul_stream **stream_out);
 
 /* ---- sendfile (sendfile.c) on a stream ---------------------------------- */
 
@@ -146,6 +181,15 @@ struct ul__connect;
 /* ul_loop_close(): connects in progress get -ECANCELED (their fd closed),
  * servers still open are closed as by ul_server_close and freed. */
 void ul__net_close_all(ul_loop *loop);
+
+/* ---- processes (spawn.c, process.c) -------------------------------------- */
+
+/* pidfd_open(pid, 0): a close-on-exec pidfd, or -1 (errno set). */
+int ul__pidfd_open(pid_t pid);
+
+/* ul_loop_close(): processes still running get their exit callback with
+ * -ECANCELED and are freed; their children are reaped later. */
+void ul__processes_close_all(ul_loop *loop);
 
 /* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
 
@@ -203,6 +247,11 @@ struct ul_loop {
   char *read_buf;        /* shared by the streams' reads (stream.c) */
   ul_server *servers;    /* open servers (net.c) */
   struct ul__connect *connects;  /* connects not yet reported (net.c) */
+  ul_dgram *dgrams;      /* open datagram transports (dgram.c) */
+  char *dgram_buf;       /* their shared receive area (dgram.c) */
+  ul_process *processes; /* watched children (process.c) */
+  int child_watcher;     /* ul_child_watcher; 0 until first needed */
+  int sigchld_on;        /* the loop has its SIGCHLD handler (process.c) */
 
   ul_error_cb error_cb;
   void *error_arg;

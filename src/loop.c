@@ -223,7 +223,9 @@ int ul_loop_close(ul_loop *loop) {
   cancel_ready(loop, &queued);
   ul__ring_free(&queued);
   ul__streams_close_all(loop);
+  ul__dgrams_close_all(loop);
   ul__net_close_all(loop);
+  ul__processes_close_all(loop);
 
   ul_loop_remove_reader(loop, loop->wake_fd);
   close(loop->wake_fd);

@@ -22,6 +22,17 @@
 #include "internal.h"
 
 #define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
+#define WRITE_IOV 16                    /* buffers per writev from the queue */
+
+/* Bytes queued by reference (ul_stream_write_ref): sent from the caller's
+ * memory, then handed back with release(arg). */
+typedef struct wref {
+  struct wref *next;
+  const char *data;    /* unsent bytes are data[0, len) */
+  size_t len;
+  ul_release_cb release;
+  void *arg;
+} wref;
 
 struct ul_stream {
   ul_stream *next;     /* the loop's list of open streams */
@@ -31,6 +42,12 @@ struct ul_stream {
   const ul_stream_protocol *proto;
   void *ctx;
 
+  /* The write queue: the references first (in order), then wbuf.  A
+   * write is queued by reference only while wbuf is empty, so that nothing
+   * overtakes bytes queued before it. */
+  wref *refs;
+  wref **refs_tail;
+  size_t refs_len;     /* unsent bytes in refs */
   char *wbuf;          /* unsent bytes are wbuf[woff, wlen) */
   size_t woff;
   size_t wlen;
@@ -51,14 +68,47 @@ struct ul_stream {
   unsigned fd_released : 1;     /* ul_stream_release_fd(): not ours to close */
   unsigned write_only : 1;      /* e.g. a pipe's write end */
   unsigned read_only : 1;
+  unsigned pipe : 1;            /* a pipe transport (pipe.c, UL__STREAM_PIPE_*) */
+  unsigned no_hangup_watch : 1; /* write pipe on a character device: no
+                                   reader watch for the peer going away */
   int lost_err;
   struct ul__sendfile *sendfile;  /* a ul_stream_sendfile() running */
 };
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static size_t pending(const ul_stream *s) {
+static size_t wbuf_pending(const ul_stream *s) {
   return s->wlen - s->woff;
+}
+
+static size_t pending(const ul_stream *s) {
+  return s->refs_len + wbuf_pending(s);
+}
+
+/* Consumes n sent bytes from the front of the queue. */
+static void queue_consume(ul_stream *s, size_t n) {
+  while (n > 0 && s->refs != NULL) {
+    wref *r = s->refs;
+    size_t take = n < r->len ? n : r->len;
+    r->data += take;
+    r->len -= take;
+    s->refs_len -= take;
+    n -= take;
+    if (r->len > 0)
+      break;
+    s->refs = r->next;
+    if (s->refs == NULL)
+      s->refs_tail = &s->refs;
+    r->release(r->arg);
+    free(r);
+  }
+  s->woff += n;
+}
+
+/* Drops everything queued (abort, fatal error, free). */
+static void queue_drop(ul_stream *s) {
+  queue_consume(s, s->refs_len);
+  s->woff = s->wlen = 0;
 }
 
 static void reader_start(ul_stream *s);
@@ -72,6 +122,7 @@ static void stream_free(ul_stream *s) {
     s->next->prev = s->prev;
   if (!s->fd_released)
     close(s->fd);
+  queue_drop(s);
   free(s->wbuf);
   free(s);
 }
@@ -79,14 +130,15 @@ static void stream_free(ul_stream *s) {
 static void lost_cb(ul_loop *loop, void *arg, int status) {
   ul_stream *s = arg;
   (void)loop;
-  (void)status; /* -ECANCELED at loop close: still report and free */
+  /* status -ECANCELED: the loop closed before it ran; report that */
   if (s->proto->connection_lost != NULL)
-    s->proto->connection_lost(s, s->lost_err, s->ctx);
+    s->proto->connection_lost(s, status < 0 ? status : s->lost_err, s->ctx);
   stream_free(s);
 }
 
 /* ul_loop_close(): streams still open lose their connection with
- * -ECANCELED, so that nothing they own leaks. */
+ * -ECANCELED, so that nothing they own leaks (also those whose
+ * connection_made had not run yet). */
 void ul__streams_close_all(ul_loop *loop) {
   while (loop->streams != NULL) {
     ul_stream *s = loop->streams;
@@ -97,7 +149,7 @@ void ul__streams_close_all(ul_loop *loop) {
     }
     s->closing = 1;
     s->lost_scheduled = 1; /* nothing may schedule it again */
-    if (s->made && s->proto->connection_lost != NULL)
+    if (s->proto->connection_lost != NULL)
       s->proto->connection_lost(s, -ECANCELED, s->ctx);
     stream_free(s);
   }
@@ -129,13 +181,13 @@ static void schedule_lost(ul_stream *s, int err) {
   if (ul_loop_call_soon(s->loop, lost_cb, s) != 0) {
     /* Out of memory (or the loop is closing): report it now rather than
      * leak the fd. */
-    lost_cb(s->loop, s, -ECANCELED);
+    lost_cb(s->loop, s, 0);
   }
 }
 
 /* An error that ends the connection (asyncio's _fatal_error). */
 static void fatal(ul_stream *s, int err) {
-  s->woff = s->wlen = 0;
+  queue_drop(s);
   schedule_lost(s, err);
 }
 
@@ -170,7 +222,9 @@ static void on_eof(ul_stream *s) {
   }
   int keep_open = s->proto->eof_received != NULL &&
                   s->proto->eof_received(s, s->ctx);
-  if (!keep_open && !s->closing)
+  /* A read pipe closes at EOF whatever eof_received says (asyncio's
+   * _UnixReadPipeTransport). */
+  if ((!keep_open || s->pipe) && !s->closing)
     ul_stream_close(s);
 }
 
@@ -179,8 +233,9 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
   (void)loop;
   (void)events;
   if (s->write_only) {
-    /* A write end becomes "readable" only when its reader went away. */
-    fatal(s, -EPIPE);
+    /* A write end becomes "readable" only when its reader went away.  A
+     * write pipe, as asyncio's, reports EPIPE only if bytes were lost. */
+    fatal(s, s->pipe && pending(s) == 0 ? 0 : -EPIPE);
     return;
   }
   char *buf;
@@ -225,7 +280,8 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
 }
 
 static void reader_start(ul_stream *s) {
-  if (s->reader_on || s->paused || s->closing || !s->made)
+  if (s->reader_on || s->paused || s->closing || !s->made ||
+      s->no_hangup_watch)
     return;
   if (ul_loop_add_reader(s->loop, s->fd, read_ready, s) == 0)
     s->reader_on = 1;
@@ -251,19 +307,19 @@ static int wbuf_append(ul_stream *s, const char *data, size_t len) {
     s->woff = s->wlen = 0;
   if (s->wlen + len > s->wcap) {
     /* Slide the unsent bytes down first when that is enough room. */
-    if (s->woff > 0 && pending(s) + len <= s->wcap) {
-      memmove(s->wbuf, s->wbuf + s->woff, pending(s));
+    if (s->woff > 0 && wbuf_pending(s) + len <= s->wcap) {
+      memmove(s->wbuf, s->wbuf + s->woff, wbuf_pending(s));
       s->wlen -= s->woff;
       s->woff = 0;
     } else {
       size_t cap = s->wcap ? s->wcap : 16384;
-      while (cap < pending(s) + len)
+      while (cap < wbuf_pending(s) + len)
         cap *= 2;
       char *nb = malloc(cap);
       if (nb == NULL)
         return -ENOMEM;
-      if (pending(s) > 0)
-        memcpy(nb, s->wbuf + s->woff, pending(s));
+      if (wbuf_pending(s) > 0)
+        memcpy(nb, s->wbuf + s->woff, wbuf_pending(s));
       free(s->wbuf);
       s->wbuf = nb;
       s->wcap = cap;
@@ -323,19 +379,40 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
   (void)loop;
   (void)events;
   (void)fd;
-  struct iovec iov = {.iov_base = s->wbuf + s->woff, .iov_len = pending(s)};
-  ssize_t n = stream_writev(s, &iov, 1);
+  if (pending(s) == 0) {
+    /* A pipe drained at the last call, nothing queued since: stop. */
+    ul_loop_remove_writer(s->loop, s->fd);
+    s->writer_on = 0;
+    return;
+  }
+  struct iovec iov[WRITE_IOV];
+  int cnt = 0;
+  wref *r = s->refs;
+  for (; r != NULL && cnt < WRITE_IOV; r = r->next)
+    iov[cnt++] = (struct iovec){.iov_base = (void *)r->data,
+                                .iov_len = r->len};
+  if (r == NULL && cnt < WRITE_IOV && wbuf_pending(s) > 0)
+    iov[cnt++] = (struct iovec){.iov_base = s->wbuf + s->woff,
+                                .iov_len = wbuf_pending(s)};
+  ssize_t n = stream_writev(s, iov, cnt);
   if (n == -1) {
     if (errno != EAGAIN && errno != EWOULDBLOCK)
       fatal(s, -errno);
     return;
   }
-  s->woff += (size_t)n;
+  queue_consume(s, (size_t)n);
   maybe_resume_protocol(s);
   if (s->lost_scheduled || pending(s) > 0)
     return; /* resume_writing may have aborted the stream */
-  ul_loop_remove_writer(s->loop, s->fd);
-  s->writer_on = 0;
+  /* Drained.  A pipe's writer stays registered until a writable event
+   * finds the queue still empty: a program that writes again at once (the
+   * next chunk of a bulk transfer) then costs no epoll_ctl.  A socket's is
+   * removed now: once drained its fd may be written by others (asyncio's
+   * sendfile adds its own writer). */
+  if (!s->pipe) {
+    ul_loop_remove_writer(s->loop, s->fd);
+    s->writer_on = 0;
+  }
   s->woff = s->wlen = 0;
   if (s->sendfile != NULL) {
     ul__sendfile_run(s->sendfile); /* the buffer was flushed for it */
@@ -350,9 +427,10 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
     s->proto->write_drained(s, s->ctx);
 }
 
-int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
-  if (s == NULL || iovcnt < 0 || (iov == NULL && iovcnt > 0))
-    return -EINVAL;
+/* ul_stream_writev, and ul_stream_write_ref when `release` is set (one
+ * buffer): returns 1 if the rest was queued by reference. */
+static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
+                        ul_release_cb release, void *arg) {
   if (s->eof_wanted || s->closing || s->read_only)
     return -EPIPE;
   if (s->sendfile != NULL)
@@ -378,9 +456,23 @@ int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
     if (sent == total)
       return 0;
   }
-  /* Queue what is left, skipping what was sent. */
+  int kept = 0;
+  wref *r = release != NULL && wbuf_pending(s) == 0 ? malloc(sizeof *r) : NULL;
+  if (r != NULL) {
+    /* Queue the rest by reference (one buffer). */
+    r->next = NULL;
+    r->data = (const char *)iov[0].iov_base + sent;
+    r->len = total - sent;
+    r->release = release;
+    r->arg = arg;
+    *s->refs_tail = r;
+    s->refs_tail = &r->next;
+    s->refs_len += r->len;
+    kept = 1;
+  }
+  /* Else queue a copy of what is left, skipping what was sent. */
   size_t skip = sent;
-  for (int i = 0; i < iovcnt; i++) {
+  for (int i = 0; i < iovcnt && !kept; i++) {
     size_t len = iov[i].iov_len;
     if (skip >= len) {
       skip -= len;
@@ -394,13 +486,27 @@ int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
   }
   if (!s->writer_on) {
     if (ul_loop_add_writer(s->loop, s->fd, write_ready, s) != 0) {
-      fatal(s, -EBADF);
-      return 0;
+      fatal(s, -EBADF); /* releases a kept reference */
+      return kept;
     }
     s->writer_on = 1;
   }
   maybe_pause_protocol(s);
-  return 0;
+  return kept;
+}
+
+int ul_stream_writev(ul_stream *s, const struct iovec *iov, int iovcnt) {
+  if (s == NULL || iovcnt < 0 || (iov == NULL && iovcnt > 0))
+    return -EINVAL;
+  return stream_write(s, iov, iovcnt, NULL, NULL);
+}
+
+int ul_stream_write_ref(ul_stream *s, const void *data, size_t len,
+                        ul_release_cb release, void *arg) {
+  struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+  if (s == NULL || (data == NULL && len > 0) || release == NULL)
+    return -EINVAL;
+  return stream_write(s, &iov, 1, release, arg);
 }
 
 int ul_stream_write(ul_stream *s, const void *data, size_t len) {
@@ -411,13 +517,15 @@ int ul_stream_write(ul_stream *s, const void *data, size_t len) {
 }
 
 int ul_stream_can_write_eof(const ul_stream *s) {
-  return s != NULL && s->is_socket;
+  return s != NULL && (s->is_socket || (s->pipe && s->write_only));
 }
 
 int ul_stream_write_eof(ul_stream *s) {
   if (s == NULL)
     return -EINVAL;
-  if (!s->is_socket)
+  if (s->pipe && s->write_only)
+    return ul_stream_close(s); /* the reader's EOF is our close */
+  if (!s->is_socket || s->pipe)
     return -ENOTSUP;
   if (s->closing || s->eof_wanted)
     return 0;
@@ -430,25 +538,33 @@ int ul_stream_write_eof(ul_stream *s) {
 
 int ul_stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
                    void *ctx, ul_stream **stream_out) {
+  return ul__stream_open(loop, fd, proto, ctx, 0, stream_out);
+}
+
+int ul__stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
+                    void *ctx, unsigned kind, ul_stream **stream_out) {
+  int is_pipe = (kind & (UL__STREAM_PIPE_READ | UL__STREAM_PIPE_WRITE)) != 0;
+  /* A write pipe delivers no data: it needs no data callback. */
+  int needs_data = !(kind & UL__STREAM_PIPE_WRITE);
+  int err, flags;
+  ul_stream *s = NULL;
   if (loop == NULL || proto == NULL || stream_out == NULL ||
-      (proto->data_received == NULL &&
+      (needs_data && proto->data_received == NULL &&
        (proto->get_buffer == NULL || proto->buffer_updated == NULL))) {
-    if (fd >= 0)
-      close(fd);
-    return -EINVAL;
+    err = -EINVAL;
+    goto fail;
   }
-  int flags = fcntl(fd, F_GETFL);
-  if (fd < 0 || flags == -1)
+  flags = fd < 0 ? -1 : fcntl(fd, F_GETFL);
+  if (flags == -1)
     return -EBADF;
   if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == -1) {
-    int err = -errno;
-    close(fd);
-    return err;
+    err = -errno;
+    goto fail;
   }
-  ul_stream *s = calloc(1, sizeof *s);
+  s = calloc(1, sizeof *s);
   if (s == NULL) {
-    close(fd);
-    return -ENOMEM;
+    err = -ENOMEM;
+    goto fail;
   }
   int type;
   socklen_t tlen = sizeof type;
@@ -456,23 +572,35 @@ int ul_stream_open(ul_loop *loop, int fd, const ul_stream_protocol *proto,
   s->fd = fd;
   s->proto = proto;
   s->ctx = ctx;
+  s->refs_tail = &s->refs;
   s->high = UL_STREAM_HIGH_WATER;
   s->low = UL_STREAM_HIGH_WATER / 4;
   s->is_socket = getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0;
   s->write_only = (flags & O_ACCMODE) == O_WRONLY;
   s->read_only = (flags & O_ACCMODE) == O_RDONLY && !s->is_socket;
-  int err = ul_loop_call_soon(loop, made_cb, s);
-  if (err) {
-    close(fd);
-    free(s);
-    return err;
+  if (is_pipe) {
+    s->pipe = 1;
+    s->read_only = (kind & UL__STREAM_PIPE_READ) != 0;
+    s->write_only = (kind & UL__STREAM_PIPE_WRITE) != 0;
+    s->no_hangup_watch = (kind & UL__STREAM_NO_HANGUP_WATCH) != 0;
   }
+  err = ul_loop_call_soon(loop, made_cb, s);
+  if (err)
+    goto fail;
   s->next = loop->streams;
   if (s->next != NULL)
     s->next->prev = s;
   loop->streams = s;
   *stream_out = s;
   return 0;
+
+fail:
+  /* ul_stream_open takes the fd even on error; a pipe leaves it to the
+   * caller (asyncio's pipe transports raise and keep the pipe open). */
+  if (!is_pipe && fd >= 0)
+    close(fd);
+  free(s);
+  return err;
 }
 
 int ul_stream_close(ul_stream *s) {
@@ -506,6 +634,8 @@ int ul_stream_pause_reading(ul_stream *s) {
     return -EINVAL;
   if (s->closing)
     return -ESHUTDOWN;
+  if (s->pipe && s->write_only)
+    return -ENOTSUP;
   if (s->paused)
     return 0;
   s->paused = 1;
@@ -521,6 +651,8 @@ int ul_stream_resume_reading(ul_stream *s) {
     return -EINVAL;
   if (s->closing)
     return -ESHUTDOWN;
+  if (s->pipe && s->write_only)
+    return -ENOTSUP;
   if (!s->paused)
     return 0;
   s->paused = 0;
@@ -529,7 +661,8 @@ int ul_stream_resume_reading(ul_stream *s) {
 }
 
 int ul_stream_is_reading(const ul_stream *s) {
-  return s != NULL && !s->paused && !s->closing;
+  return s != NULL && !s->paused && !s->closing &&
+         !(s->pipe && s->write_only);
 }
 
 int ul_stream_is_closing(const ul_stream *s) {
@@ -544,15 +677,10 @@ int ul_stream_set_write_buffer_limits(ul_stream *s, ssize_t high,
                                       ssize_t low) {
   if (s == NULL)
     return -EINVAL;
-  /* asyncio's _set_write_buffer_limits */
-  if (high < 0)
-    high = low < 0 ? UL_STREAM_HIGH_WATER : 4 * low;
-  if (low < 0)
-    low = high / 4;
-  if (low > high)
-    return -EINVAL;
-  s->high = (size_t)high;
-  s->low = (size_t)low;
+  int err = ul__water_marks(high, low, UL_STREAM_HIGH_WATER, &s->high,
+                            &s->low);
+  if (err)
+    return err;
   maybe_pause_protocol(s);
   return 0;
 }
@@ -570,7 +698,7 @@ void ul_stream_get_write_buffer_limits(const ul_stream *s, size_t *low,
 int ul_stream_set_protocol(ul_stream *s, const ul_stream_protocol *proto,
                            void *ctx) {
   if (s == NULL || proto == NULL ||
-      (proto->data_received == NULL &&
+      (!(s->pipe && s->write_only) && proto->data_received == NULL &&
        (proto->get_buffer == NULL || proto->buffer_updated == NULL)))
     return -EINVAL;
   s->proto = proto;

@@ -31,6 +31,7 @@ from asyncio import (base_events, constants, events, exceptions, futures,
 from asyncio.log import logger
 
 from . import _core
+from . import _process
 
 __all__ = ('Loop', 'new_event_loop', 'EventLoopPolicy', 'install', 'run')
 __version__ = _core.libunixloop_version
@@ -58,6 +59,23 @@ class _SelectorView:
         pass
 
 
+def _transport_extra(sock, extra):
+    """What asyncio's _SelectorTransport.__init__ does besides I/O: the
+    extra info of a socket transport."""
+    extra = dict(extra) if extra else {}
+    extra['socket'] = trsock.TransportSocket(sock)
+    try:
+        extra['sockname'] = sock.getsockname()
+    except OSError:
+        extra['sockname'] = None
+    if 'peername' not in extra:
+        try:
+            extra['peername'] = sock.getpeername()
+        except socket.error:
+            extra['peername'] = None
+    return extra
+
+
 class Loop(_core.Loop, unix_events.SelectorEventLoop):
     """An asyncio event loop whose core is libunixloop."""
 
@@ -74,6 +92,9 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         # while callbacks are ready.
         self._ssock = self._csock = None
         self._internal_fds = 1  # the C core's wake-up eventfd
+        if sys.version_info >= (3, 13):
+            # create_unix_server(cleanup_socket=True): the sockets to unlink.
+            self._unix_server_sockets = {}
         self._acceptors = {}    # listening fd -> _core.Acceptor
 
     def add_signal_handler(self, sig, callback, *args):
@@ -175,26 +196,75 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if type(sock) is not socket.socket:
             return super()._make_socket_transport(
                 sock, protocol, waiter, extra=extra, server=server)
-        # What asyncio's _SelectorTransport.__init__ does besides I/O.
-        extra = dict(extra) if extra else {}
-        extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            extra['sockname'] = sock.getsockname()
-        except OSError:
-            extra['sockname'] = None
-        if 'peername' not in extra:
-            try:
-                extra['peername'] = sock.getpeername()
-            except socket.error:
-                extra['peername'] = None
+        extra = _transport_extra(sock, extra)
         base_events._set_nodelay(sock)
         transport = _core.SocketTransport(self, sock, protocol, extra, server)
         self._transports[sock.fileno()] = transport
         if server is not None:
-            server._attach()
+            if sys.version_info >= (3, 13):
+                server._attach(transport)  # Server.close_clients() (3.13)
+            else:
+                server._attach()
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        """asyncio's datagram transport, on a libunixloop ul_dgram."""
+        if type(sock) is not socket.socket:
+            return super()._make_datagram_transport(
+                sock, protocol, address, waiter, extra)
+        extra = _transport_extra(sock, extra)
+        transport = _core.DatagramTransport(self, sock, protocol, address,
+                                            extra)
+        self._transports[sock.fileno()] = transport
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None,
+                                  extra=None):
+        """asyncio's read pipe transport, on a libunixloop pipe."""
+        transport = _core.ReadPipeTransport(self, pipe, protocol, extra)
+        if waiter is not None:
+            # After connection_made, as asyncio does.
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None,
+                                   extra=None):
+        """asyncio's write pipe transport, on a libunixloop pipe."""
+        transport = _core.WritePipeTransport(self, pipe, protocol, extra)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return transport
+
+    async def _make_subprocess_transport(self, protocol, args, shell,
+                                         stdin, stdout, stderr, bufsize,
+                                         extra=None, **kwargs):
+        """A child started and watched by libunixloop (no copy of the
+        parent, a pidfd on the loop's poller), unless the user picked a
+        child watcher or an argument needs subprocess.Popen: then asyncio's
+        own path (Popen and the policy's watcher)."""
+        if not (_core_watches_children() and
+                _process.can_spawn(stdin, stdout, stderr, kwargs)):
+            return await super()._make_subprocess_transport(
+                protocol, args, shell, stdin, stdout, stderr, bufsize,
+                extra=extra, **kwargs)
+        waiter = self.create_future()
+        transp = _process.SubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
 
     async def _sendfile_native(self, transp, file, offset, count):
         """asyncio's loop.sendfile() natively, with the transfer in C
@@ -330,6 +400,14 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
 # os.sendfile on its socket; start_tls() may wrap it.
 _core.SocketTransport._sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 _core.SocketTransport._start_tls_compatible = True
+
+
+def _core_watches_children():
+    """True unless the user set a child watcher on asyncio's policy
+    (set_child_watcher, or get_child_watcher, which makes one)."""
+    policy = events.get_event_loop_policy()
+    return (isinstance(policy, unix_events.DefaultEventLoopPolicy) and
+            policy._watcher is None)
 
 
 def new_event_loop():

@@ -61,18 +61,38 @@ PyObject *ulpy_raise_errno(int err) {
 
 /* Freed plain Handles kept for reuse: one is made and freed per call_soon,
  * and the allocator's GC bookkeeping is a visible share of a task switch.
- * Process-wide and used only with the GIL held. */
+ * Process-wide and used only with the GIL held.
+ *
+ * An entry keeps the reference to its type that the Handle held: freeing
+ * the memory (PyObject_GC_Del) reads the type, so the type must outlive the
+ * entry.  The list is emptied when the last module instance is freed, and
+ * no Handle is kept after that (at interpreter exit, Handles can be freed
+ * after the module: their types were collected in the same cycle). */
 #define HANDLE_FREELIST_MAX 256
 static HandleObj *handle_freelist[HANDLE_FREELIST_MAX];
 static int handle_freelist_len;
+static int live_modules; /* module instances executed and not yet freed */
 
 static HandleObj *handle_alloc(PyTypeObject *tp, core_state *st) {
   if (tp == st->HandleType && handle_freelist_len > 0) {
     HandleObj *h = handle_freelist[--handle_freelist_len];
-    /* Memory from PyObject_GC_New, untracked: make it a new object. */
-    return (HandleObj *)PyObject_Init((PyObject *)h, tp);
+    PyTypeObject *old = Py_TYPE(h);
+    /* Memory from PyObject_GC_New, untracked: make it a new object (this
+     * takes a new reference to tp), then drop the entry's reference. */
+    PyObject_Init((PyObject *)h, tp);
+    Py_DECREF(old);
+    return h;
   }
   return PyObject_GC_New(HandleObj, tp);
+}
+
+static void handle_freelist_clear(void) {
+  while (handle_freelist_len > 0) {
+    HandleObj *h = handle_freelist[--handle_freelist_len];
+    PyTypeObject *tp = Py_TYPE(h);
+    PyObject_GC_Del(h);
+    Py_DECREF(tp);
+  }
 }
 
 static HandleObj *handle_new(LoopObj *loop, PyTypeObject *tp,
@@ -162,14 +182,17 @@ static void Handle_dealloc(HandleObj *h) {
   PyObject_GC_UnTrack(h);
   if (h->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)h);
-  LoopObj *loop = h->loop;
-  int reuse = loop != NULL && tp == loop->st->HandleType &&
+  /* A plain Handle or TimerHandle (same layout; a Python subclass has
+   * another tp_dealloc): keep its memory, with its type reference. */
+  int reuse = live_modules > 0 &&
+              tp->tp_dealloc == (destructor)Handle_dealloc &&
               handle_freelist_len < HANDLE_FREELIST_MAX;
   (void)Handle_clear(h);
-  if (reuse)
+  if (reuse) {
     handle_freelist[handle_freelist_len++] = h;
-  else
-    tp->tp_free(h);
+    return;
+  }
+  tp->tp_free(h);
   Py_DECREF(tp);
 }
 
@@ -678,44 +701,49 @@ static PyObject *Loop_create_future(LoopObj *self,
   return ulpy_create_future(self);
 }
 
-/* asyncio's create_task(coro, *, name=None, context=None).  The common case
- * (no task factory) is done here; a task factory goes through the Python
- * helper, which is asyncio's own code. */
+/* asyncio's create_task: the interpreter's own BaseEventLoop.create_task
+ * (its signature and task factory protocol change between versions: 3.13
+ * passes extra keyword arguments such as eager_start on to the Task or the
+ * factory).  Called as an unbound function, without a frame of ours, so
+ * that its debug-mode source traceback is asyncio's. */
+static PyObject *create_task_asyncio(LoopObj *self, PyObject *const *args,
+                                     Py_ssize_t nargs, PyObject *kwnames) {
+  PyObject *f = ulpy_helper(self->st, "base_create_task");
+  if (f == NULL)
+    return NULL;
+  Py_ssize_t n = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+  PyObject **stack = PyMem_Malloc((size_t)(n + 1) * sizeof(PyObject *));
+  if (stack == NULL)
+    return PyErr_NoMemory();
+  stack[0] = (PyObject *)self;
+  for (Py_ssize_t i = 0; i < n; i++)
+    stack[i + 1] = args[i];
+  PyObject *task = PyObject_Vectorcall(f, stack, (size_t)nargs + 1, kwnames);
+  PyMem_Free(stack);
+  return task;
+}
+
+/* create_task(coro, *, name=None, context=None): the common case (no task
+ * factory, no other argument) in C; the rest is asyncio's own code. */
 static PyObject *Loop_create_task(LoopObj *self, PyObject *const *args,
                                   Py_ssize_t nargs, PyObject *kwnames) {
   core_state *st = self->st;
-  PyObject *coro = NULL, *name = Py_None, *context = Py_None;
+  PyObject *name = Py_None, *context = Py_None;
   Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-  if (nargs == 1)
-    coro = args[0];
+  if (nargs != 1 ||
+      (self->task_factory != NULL && self->task_factory != Py_None))
+    return create_task_asyncio(self, args, nargs, kwnames);
   for (Py_ssize_t i = 0; i < nkw; i++) {
     PyObject *key = PyTuple_GET_ITEM(kwnames, i);
     if (PyUnicode_CompareWithASCIIString(key, "name") == 0)
       name = args[nargs + i];
     else if (PyUnicode_CompareWithASCIIString(key, "context") == 0)
       context = args[nargs + i];
-    else if (PyUnicode_CompareWithASCIIString(key, "coro") == 0 && !coro)
-      coro = args[nargs + i];
-    else {
-      PyErr_Format(PyExc_TypeError,
-                   "create_task() got an unexpected keyword argument '%S'",
-                   key);
-      return NULL;
-    }
-  }
-  if (coro == NULL || nargs > 1) {
-    PyErr_SetString(PyExc_TypeError,
-                    "create_task() takes exactly one positional argument");
-    return NULL;
+    else
+      return create_task_asyncio(self, args, nargs, kwnames);
   }
   if (ulpy_check_closed(self) < 0)
     return NULL;
-  if (self->task_factory != NULL && self->task_factory != Py_None) {
-    PyObject *f = ulpy_helper(st, "create_task_with_factory");
-    return f ? PyObject_CallFunctionObjArgs(f, (PyObject *)self, coro, name,
-                                            context, NULL)
-             : NULL;
-  }
   if (import_asyncio_modules(st) < 0)
     return NULL;
   PyObject *cls = PyObject_GetAttr(st->tasks_module, st->str_Task);
@@ -724,7 +752,7 @@ static PyObject *Loop_create_task(LoopObj *self, PyObject *const *args,
   /* Task(coro, loop=self, name=name, context=context).  In debug mode the
    * task's source traceback ends at our caller: this create_task has no
    * Python frame for asyncio's `del task._source_traceback[-1]` to drop. */
-  PyObject *stack[5] = {NULL, coro, (PyObject *)self, name, context};
+  PyObject *stack[5] = {NULL, args[0], (PyObject *)self, name, context};
   PyObject *task = PyObject_Vectorcall(
       cls, stack + 1, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_task);
   Py_DECREF(cls);
@@ -768,8 +796,11 @@ int ulpy_fileobj_to_fd(PyObject *fileobj) {
     if (str_fileno == NULL &&
         (str_fileno = PyUnicode_InternFromString("fileno")) == NULL)
       return -1;
+    /* int(fileobj.fileno()), as selectors does (a mock's fileno() too) */
     PyObject *r = PyObject_CallMethodNoArgs(fileobj, str_fileno);
-    if (r == NULL) {
+    PyObject *n = r ? PyNumber_Long(r) : NULL;
+    Py_XDECREF(r);
+    if (n == NULL) {
       if (PyErr_ExceptionMatches(PyExc_AttributeError) ||
           PyErr_ExceptionMatches(PyExc_TypeError) ||
           PyErr_ExceptionMatches(PyExc_ValueError)) {
@@ -778,10 +809,8 @@ int ulpy_fileobj_to_fd(PyObject *fileobj) {
       }
       return -1;
     }
-    fd = PyLong_Check(r) ? long_as_fd(r) : -1;
-    if (!PyLong_Check(r) && !PyErr_Occurred())
-      PyErr_Format(PyExc_ValueError, "Invalid file object: %R", fileobj);
-    Py_DECREF(r);
+    fd = long_as_fd(n);
+    Py_DECREF(n);
   }
   if (fd == -1 && PyErr_Occurred())
     return -1;
@@ -1104,16 +1133,72 @@ static PyObject *Loop_is_closed(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
   return PyBool_FromLong(self->closed);
 }
 
+int ulpy_transport_hold(LoopObj *loop, PyObject *transport) {
+  return PySet_Add(loop->open_transports, transport);
+}
+
+/* May free the transport; keeps the current exception. */
+void ulpy_transport_release(LoopObj *loop, PyObject *transport) {
+  if (loop->open_transports == NULL)
+    return; /* cleared with the loop: the reference is gone already */
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PySet_Discard(loop->open_transports, transport) < 0)
+    PyErr_WriteUnraisable(transport);
+  PyErr_Restore(type, v, tb);
+}
+
+void ulpy_warn_unclosed(PyObject *transport) {
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PyErr_ResourceWarning(transport, 1, "unclosed transport %R",
+                            transport) < 0)
+    PyErr_WriteUnraisable(transport);
+  PyErr_Restore(type, v, tb);
+}
+
+void ulpy_close_quietly(PyObject *transport, PyObject *fileobj) {
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *r = PyObject_CallMethod(fileobj, "close", NULL);
+  if (r == NULL)
+    PyErr_WriteUnraisable(transport);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
+PyObject *ulpy_orphan_close(LoopObj *loop, int *closing) {
+  *closing = 1;
+  ulpy_check_closed(loop);
+  return NULL;
+}
+
+/* After ul_loop_close(): drop the references of the transports it ended
+ * (collected now unless the program holds them: "unclosed transport"). */
+static void release_transports(LoopObj *self) {
+  if (self->open_transports == NULL)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  if (PySet_Clear(self->open_transports) < 0)
+    PyErr_WriteUnraisable((PyObject *)self);
+  PyErr_Restore(type, v, tb);
+}
+
 /* Frees the C loop: queued callbacks and timers are dropped (asyncio's
  * close() clears _ready and _scheduled), fd watchers are forgotten. */
 static void loop_close_core(LoopObj *self) {
   if (self->ul == NULL)
     return;
   ul_loop *ul = self->ul;
-  if (ul_loop_close(ul) != 0)
+  int was_closed = self->closed;
+  self->closed = 1; /* streams losing their connection now see it closed */
+  if (ul_loop_close(ul) != 0) {
+    self->closed = was_closed;
     return; /* running: the caller checked; keep everything */
+  }
   self->ul = NULL;
-  self->closed = 1;
+  release_transports(self);
   PyObject *r = PyObject_CallMethod(self->readers, "clear", NULL);
   Py_XDECREF(r);
   r = PyObject_CallMethod(self->writers, "clear", NULL);
@@ -1226,7 +1311,9 @@ static PyObject *Loop_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   self->slow_callback_duration = 0.1;
   self->readers = PyDict_New();
   self->writers = PyDict_New();
-  if (self->readers == NULL || self->writers == NULL) {
+  self->open_transports = PySet_New(NULL);
+  if (self->readers == NULL || self->writers == NULL ||
+      self->open_transports == NULL) {
     Py_DECREF(self);
     return NULL;
   }
@@ -1273,6 +1360,7 @@ static int Loop_traverse(LoopObj *self, visitproc visit, void *arg) {
   Py_VISIT(self->readers);
   Py_VISIT(self->writers);
   Py_VISIT(self->task_factory);
+  Py_VISIT(self->open_transports);
   return 0;
 }
 
@@ -1280,13 +1368,15 @@ static int Loop_clear(LoopObj *self) {
   /* The C loop holds borrowed pointers to the handles in the tables: free
    * it before the tables go. */
   if (self->ul != NULL && !ul_loop_is_running(self->ul)) {
+    self->closed = 1;
     ul_loop_close(self->ul);
     self->ul = NULL;
-    self->closed = 1;
+    release_transports(self);
   }
   Py_CLEAR(self->readers);
   Py_CLEAR(self->writers);
   Py_CLEAR(self->task_factory);
+  Py_CLEAR(self->open_transports);
   return 0;
 }
 
@@ -1378,6 +1468,7 @@ static PyType_Spec Loop_spec = {
 
 static int core_exec(PyObject *mod) {
   core_state *st = PyModule_GetState(mod);
+  live_modules++; /* core_free runs for every module with a state */
   st->HandleType =
       (PyTypeObject *)PyType_FromModuleAndSpec(mod, &Handle_spec, NULL);
   if (st->HandleType == NULL)
@@ -1410,7 +1501,11 @@ static int core_exec(PyObject *mod) {
       !st->str_check_callback || !st->str_Task || !st->str_Future ||
       !st->kw_loop || !st->kw_task)
     return -1;
-  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0)
+  if (ulpy_sock_exec(mod, st) < 0 || ulpy_transport_exec(mod, st) < 0 ||
+      ulpy_dgram_exec(mod, st) < 0 ||
+      ulpy_pipe_exec(mod, st) < 0)
+    return -1;
+  if (ulpy_process_exec(mod, st) < 0)
     return -1;
   if (ulpy_server_exec(mod) < 0)
     return -1;
@@ -1431,6 +1526,10 @@ static int core_traverse(PyObject *mod, visitproc visit, void *arg) {
   Py_VISIT(st->LoopType);
   Py_VISIT(st->SockOpType);
   Py_VISIT(st->TransportType);
+  Py_VISIT(st->DgramType);
+  Py_VISIT(st->ReadPipeType);
+  Py_VISIT(st->WritePipeType);
+  Py_VISIT(st->ChildProcessType);
   Py_VISIT(st->helpers);
   Py_VISIT(st->tasks_module);
   Py_VISIT(st->futures_module);
@@ -1444,6 +1543,10 @@ static int core_clear(PyObject *mod) {
   Py_CLEAR(st->LoopType);
   Py_CLEAR(st->SockOpType);
   Py_CLEAR(st->TransportType);
+  Py_CLEAR(st->DgramType);
+  Py_CLEAR(st->ReadPipeType);
+  Py_CLEAR(st->WritePipeType);
+  Py_CLEAR(st->ChildProcessType);
   Py_CLEAR(st->helpers);
   Py_CLEAR(st->str_call_exception_handler);
   Py_CLEAR(st->str_check_thread);
@@ -1459,8 +1562,8 @@ static int core_clear(PyObject *mod) {
 
 static void core_free(void *mod) {
   (void)core_clear((PyObject *)mod);
-  while (handle_freelist_len > 0)
-    PyObject_GC_Del(handle_freelist[--handle_freelist_len]);
+  if (--live_modules == 0)
+    handle_freelist_clear();
 }
 
 static PyModuleDef_Slot core_slots[] = {{Py_mod_exec, core_exec},

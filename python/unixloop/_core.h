@@ -29,6 +29,10 @@ typedef struct {
   PyObject *kw_task;          /* ("loop", "name", "context") */
   PyTypeObject *SockOpType;  /* _core_sock.c */
   PyTypeObject *TransportType; /* _core_transport.c */
+  PyTypeObject *DgramType;     /* _core_dgram.c */
+  PyTypeObject *ReadPipeType;  /* _core_pipe.c */
+  PyTypeObject *WritePipeType;
+  PyTypeObject *ChildProcessType; /* _core_process.c */
 } core_state;
 
 /* ---- objects ---------------------------------------------------------------- */
@@ -69,6 +73,9 @@ struct LoopObj {
   PyObject *pending_exc;      /* iteration's other callbacks run */
   PyObject *pending_exc_tb;
   PyObject *task_factory;  /* asyncio's loop._task_factory */
+  PyObject *open_transports; /* set: the C transports (socket, pipe,
+                                datagram) still open: the reference their C
+                                side holds, visible to the GC */
   double slow_callback_duration;
 };
 
@@ -94,6 +101,55 @@ void ulpy_stash_fatal(LoopObj *loop);
 
 /* _core_server.c */
 int ulpy_server_exec(PyObject *mod);
+
+/* _core.c: the reference a C transport holds on its Python object from
+ * opening until connection_lost is kept in loop->open_transports.  When the
+ * loop closes first, connection_lost(-ECANCELED) comes from ul_loop_close():
+ * the binding calls nothing (asyncio's close() does not), keeps its socket
+ * or pipe open, and the loop then drops the references; a transport
+ * collected so warns "unclosed transport" (ResourceWarning), as asyncio's. */
+int ulpy_transport_hold(LoopObj *loop, PyObject *transport);
+void ulpy_transport_release(LoopObj *loop, PyObject *transport);
+/* A transport's finalizer, as asyncio's __del__: warn "unclosed transport
+ * <repr>" (ResourceWarning), then (the C side stopped) close its socket or
+ * pipe object.  Both keep the current exception. */
+void ulpy_warn_unclosed(PyObject *transport);
+void ulpy_close_quietly(PyObject *transport, PyObject *fileobj);
+/* close() / abort() of a transport whose loop closed under it: asyncio's
+ * raise RuntimeError('Event loop is closed'); it counts as closing. */
+PyObject *ulpy_orphan_close(LoopObj *loop, int *closing);
+/* Helpers of every transport type: a fatal exception kept aside for the
+ * loop; call_exception_handler with a transport's context; the current
+ * exception reported that way. */
+void ulpy_stash_fatal(LoopObj *loop);
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc);
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message);
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low);
+int ulpy_count_lost_write(core_state *st, int *conn_lost);
+/* The same, logged by _helpers.<warn_helper>() (the pipes' words). */
+int ulpy_count_lost_write_as(core_state *st, int *conn_lost,
+                             const char *warn_helper);
+
+PyObject *ulpy_exception_from_errno(int err);
+/* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once
+ * the connection is lost). */
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream);
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw);
+
+/* _core_pipe.c: ReadPipeTransport, WritePipeTransport */
+int ulpy_pipe_exec(PyObject *mod, core_state *st);
+
+/* _core_dgram.c */
+int ulpy_dgram_exec(PyObject *mod, core_state *st);
+
+/* _core_process.c */
+int ulpy_process_exec(PyObject *mod, core_state *st);
 
 /* _core_sock.c */
 int ulpy_sock_exec(PyObject *mod, core_state *st);

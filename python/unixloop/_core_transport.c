@@ -10,11 +10,17 @@
  *
  * Lifetime: the stream holds a reference to the transport from
  * ul_stream_open() until connection_lost, which also closes the Python
- * socket object (the stream was told not to close the fd itself).
+ * socket object (the stream was told not to close the fd itself).  That
+ * reference is kept in the loop's `open_transports` set (_core.h).  When the
+ * loop closes first, the transport loses its stream without connection_lost
+ * ("orphaned", as asyncio's): its socket stays open until the transport is
+ * collected, which warns "unclosed transport" and closes it.
  */
 #include "_core.h"
 
 #include <structmember.h>
+
+#include <string.h>
 
 #define LOG_THRESHOLD_FOR_CONNLOST_WRITES 5
 
@@ -41,14 +47,17 @@ typedef struct {
   int fd;
   int conn_lost;
   int eof;
+  int orphaned;             /* the loop closed with the stream open */
+  int orphan_closing;       /* close() called after that */
   int in_sendfile;          /* between _sendfile() and _sendfile_end() */
 } TransportObj;
 
 /* ---- calling the protocol --------------------------------------------------- */
 
-/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a stream
- * callback: keep it aside and stop the loop after this iteration; the other
- * callbacks of the iteration still run (their data was already read). */
+/* A fatal exception (SystemExit, KeyboardInterrupt) raised inside a
+ * transport callback: keep it aside and stop the loop after this iteration;
+ * the other callbacks of the iteration still run (their data was already
+ * read).  Shared with the datagram and pipe transports. */
 void ulpy_stash_fatal(LoopObj *loop) {
   if (loop->pending_exc_type == NULL)
     PyErr_Fetch(&loop->pending_exc_type, &loop->pending_exc,
@@ -60,26 +69,24 @@ void ulpy_stash_fatal(LoopObj *loop) {
     ul_loop_break(loop->ul, -EINTR);
 }
 
-static void stash_fatal(TransportObj *t) {
-  ulpy_stash_fatal(t->loop);
-}
-
-static void call_exception_handler(TransportObj *t, const char *message,
-                                   PyObject *exc) {
+/* loop.call_exception_handler({message, exception, transport, protocol}). */
+void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
+                              PyObject *protocol, const char *message,
+                              PyObject *exc) {
   PyObject *ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message,
                                 "exception", exc ? exc : Py_None,
-                                "transport", (PyObject *)t, "protocol",
-                                t->protocol ? t->protocol : Py_None);
-  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)t->loop,
+                                "transport", transport, "protocol",
+                                protocol ? protocol : Py_None);
+  PyObject *r = ctx ? PyObject_CallMethod((PyObject *)loop,
                                           "call_exception_handler", "(O)",
                                           ctx)
                     : NULL;
   Py_XDECREF(ctx);
   if (r == NULL) {
     if (ulpy_is_fatal_exception())
-      stash_fatal(t);
+      ulpy_stash_fatal(loop);
     else
-      PyErr_WriteUnraisable((PyObject *)t);
+      PyErr_WriteUnraisable(transport);
   }
   Py_XDECREF(r);
 }
@@ -87,14 +94,84 @@ static void call_exception_handler(TransportObj *t, const char *message,
 /* Reports the current exception through the loop's exception handler, as
  * asyncio does for an exception escaping a callback; a fatal one
  * (SystemExit, KeyboardInterrupt) is kept aside for the loop instead. */
-static void report_exception(TransportObj *t, const char *message) {
+void ulpy_transport_report(LoopObj *loop, PyObject *transport,
+                           PyObject *protocol, const char *message) {
   if (ulpy_is_fatal_exception()) {
-    stash_fatal(t);
+    ulpy_stash_fatal(loop);
     return;
   }
   PyObject *exc = ulpy_take_exception();
-  call_exception_handler(t, message, exc);
+  ulpy_transport_exception(loop, transport, protocol, message, exc);
   Py_XDECREF(exc);
+}
+
+/* Debug mode: asyncio's logger.debug(fmt, transport[, message]), with the
+ * exception's traceback when exc is given. */
+static void debug_log(TransportObj *t, const char *fmt, const char *message,
+                      PyObject *exc) {
+  if (!t->loop->debug)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *f = ulpy_helper(t->loop->st, "transport_debug_log");
+  PyObject *r = f ? PyObject_CallFunction(f, "sOzO", fmt, (PyObject *)t,
+                                          message, exc ? exc : Py_None)
+                  : NULL;
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
+}
+
+/* set_write_buffer_limits(high=None, low=None): asyncio's defaults and
+ * checks (_helpers.water_marks).  0, or -1 with an exception set. */
+int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
+                           Py_ssize_t *high, Py_ssize_t *low) {
+  static char *kwlist[] = {"high", "low", NULL};
+  PyObject *high_o = Py_None, *low_o = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
+    return -1;
+  PyObject *f = ulpy_helper(st, "water_marks");
+  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
+                  : NULL;
+  if (r == NULL)
+    return -1;
+  int ok = PyArg_ParseTuple(r, "nn", high, low);
+  Py_DECREF(r);
+  return ok ? 0 : -1;
+}
+
+/* A write after the connection was lost (or is being lost): asyncio drops
+ * it, warning (_helpers.<warn_helper>()) from the fifth on.  0, or -1 with
+ * an exception set. */
+int ulpy_count_lost_write_as(core_state *st, int *conn_lost,
+                             const char *warn_helper) {
+  if (*conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
+    PyObject *f = ulpy_helper(st, warn_helper);
+    PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
+    if (r == NULL)
+      return -1;
+    Py_DECREF(r);
+  }
+  (*conn_lost)++;
+  return 0;
+}
+
+int ulpy_count_lost_write(core_state *st, int *conn_lost) {
+  return ulpy_count_lost_write_as(st, conn_lost, "warn_send_after_close");
+}
+
+static void stash_fatal(TransportObj *t) {
+  ulpy_stash_fatal(t->loop);
+}
+
+static void call_exception_handler(TransportObj *t, const char *message,
+                                   PyObject *exc) {
+  ulpy_transport_exception(t->loop, (PyObject *)t, t->protocol, message, exc);
+}
+
+static void report_exception(TransportObj *t, const char *message) {
+  ulpy_transport_report(t->loop, (PyObject *)t, t->protocol, message);
 }
 
 /* asyncio's _fatal_error: report (unless an OSError), then abort with the
@@ -108,6 +185,8 @@ static void fatal_error(TransportObj *t, const char *message) {
   if (!PyObject_IsInstance(exc, PyExc_OSError) || PyErr_Occurred()) {
     PyErr_Clear();
     call_exception_handler(t, message, exc);
+  } else {
+    debug_log(t, "%r: %s", message, exc);
   }
   if (t->lost_exc == NULL)
     t->lost_exc = exc;
@@ -115,6 +194,31 @@ static void fatal_error(TransportObj *t, const char *message) {
     Py_DECREF(exc);
   if (t->stream != NULL)
     ul_stream_abort(t->stream);
+}
+
+/* Debug mode: a protocol callback slower than slow_callback_duration is
+ * logged as asyncio logs the handle that ran it ("Executing <Handle
+ * SocketTransport._read_ready()> took 0.105 seconds").  slow_start returns
+ * 0 outside debug mode. */
+static double slow_start(TransportObj *t) {
+  return t->loop->debug ? ul_loop_time(t->loop->ul) : 0.0;
+}
+
+static void slow_end(TransportObj *t, double t0, const char *what) {
+  if (t0 == 0.0)
+    return;
+  double dt = ul_loop_time(t->loop->ul) - t0;
+  if (dt < t->loop->slow_callback_duration)
+    return;
+  PyObject *type, *v, *tb;
+  PyErr_Fetch(&type, &v, &tb);
+  PyObject *f = ulpy_helper(t->loop->st, "warn_slow_transport_callback");
+  PyObject *r = f ? PyObject_CallFunction(f, "Osd", (PyObject *)t, what, dt)
+                  : NULL;
+  if (r == NULL)
+    PyErr_WriteUnraisable((PyObject *)t);
+  Py_XDECREF(r);
+  PyErr_Restore(type, v, tb);
 }
 
 static void release_rbuf(TransportObj *t) {
@@ -127,8 +231,10 @@ static void release_rbuf(TransportObj *t) {
 static void on_made(ul_stream *stream, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
+  double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_made", "(O)",
                                     (PyObject *)t);
+  slow_end(t, t0, "connection_made");
   /* As an exception in asyncio's call_soon'd connection_made. */
   if (r == NULL)
     report_exception(t, "Exception in callback connection_made()");
@@ -139,8 +245,10 @@ static void on_data(ul_stream *stream, const char *data, size_t len,
                     void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
+  double t0 = slow_start(t);
   PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
   PyObject *r = bytes ? PyObject_CallOneArg(t->data_received, bytes) : NULL;
+  slow_end(t, t0, "_read_ready");
   Py_XDECREF(bytes);
   if (r == NULL)
     fatal_error(t, "Fatal error: protocol.data_received() call failed.");
@@ -184,8 +292,10 @@ static void on_buffer_updated(ul_stream *stream, size_t nbytes, void *ctx) {
   release_rbuf(t);
   if (ul_stream_is_closing(t->stream))
     return; /* get_buffer failed and aborted */
+  double t0 = slow_start(t);
   PyObject *n = PyLong_FromSize_t(nbytes);
   PyObject *r = n ? PyObject_CallOneArg(t->buffer_updated, n) : NULL;
+  slow_end(t, t0, "_read_ready");
   Py_XDECREF(n);
   if (r == NULL)
     fatal_error(t, "Fatal error: protocol.buffer_updated() call failed.");
@@ -196,7 +306,10 @@ static int on_eof(ul_stream *stream, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
   release_rbuf(t);
+  debug_log(t, "%r received EOF", NULL, NULL);
+  double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "eof_received", NULL);
+  slow_end(t, t0, "_read_ready");
   if (r == NULL) {
     fatal_error(t, "Fatal error: protocol.eof_received() call failed.");
     return 1; /* aborted already */
@@ -267,7 +380,7 @@ static void fail_empty_waiter(TransportObj *t) {
     PyErr_WriteUnraisable((PyObject *)t);
 }
 
-static PyObject *exception_from_errno(int err) {
+PyObject *ulpy_exception_from_errno(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
 }
 
@@ -277,14 +390,20 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   (void)stream;
   release_rbuf(t);
   t->stream = NULL;
+  if (err == -ECANCELED) {
+    t->orphaned = 1; /* ul_loop_close(); the loop drops our reference */
+    return;
+  }
   fail_empty_waiter(t);
   PyObject *exc = t->lost_exc;
   t->lost_exc = NULL;
   if (exc == NULL && err != 0 && err != -ECANCELED)
-    exc = exception_from_errno(err);
+    exc = ulpy_exception_from_errno(err);
   PyErr_Clear();
+  double t0 = slow_start(t);
   PyObject *r = PyObject_CallMethod(t->protocol, "connection_lost", "(O)",
                                     exc ? exc : Py_None);
+  slow_end(t, t0, "_call_connection_lost");
   if (r == NULL)
     report_exception(t, "Exception in callback connection_lost()");
   Py_XDECREF(r);
@@ -295,15 +414,21 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   r = PyObject_CallMethod(t->sock, "close", NULL);
   Py_XDECREF(r);
   if (t->server != NULL && t->server != Py_None) {
+#if PY_VERSION_HEX >= 0x030D0000
+    /* 3.13: the server keeps its clients for close_clients(). */
+    r = PyObject_CallMethod(t->server, "_detach", "(O)", (PyObject *)t);
+#else
     r = PyObject_CallMethod(t->server, "_detach", NULL);
+#endif
     Py_XDECREF(r);
   }
   if (PyErr_Occurred())
     PyErr_WriteUnraisable((PyObject *)t);
-  PyErr_Restore(type, e, tb);
   Py_CLEAR(t->server);
-  Py_DECREF(t); /* the stream's reference */
+  PyErr_Restore(type, e, tb);
+  ulpy_transport_release(t->loop, (PyObject *)t); /* t may be freed here */
 }
+
 
 static const ul_stream_protocol plain_protocol = {
     .connection_made = on_made,
@@ -393,14 +518,19 @@ static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
   }
   const ul_stream_protocol *proto =
       t->data_received ? &plain_protocol : &buffered_protocol;
+  /* The stream's reference, until connection_lost. */
+  if (ulpy_transport_hold(t->loop, (PyObject *)t) < 0) {
+    Py_DECREF(t);
+    return NULL;
+  }
   int err = ul_stream_open(t->loop->ul, fd, proto, t, &t->stream);
   if (err < 0) {
     t->stream = NULL;
+    ulpy_transport_release(t->loop, (PyObject *)t);
     Py_DECREF(t);
     return ulpy_raise_errno(err);
   }
   ul_stream_release_fd(t->stream);
-  Py_INCREF(t); /* held by the stream until connection_lost */
   return (PyObject *)t;
 }
 
@@ -442,8 +572,22 @@ static int Transport_clear(TransportObj *t) {
   return 0;
 }
 
+/* asyncio's _SelectorTransport.__del__: a transport collected before its
+ * connection was lost warns and closes its socket. */
+static void Transport_finalize(TransportObj *t) {
+  if (t->sock == NULL || (t->stream == NULL && !t->orphaned))
+    return;
+  ulpy_warn_unclosed((PyObject *)t);
+  if (t->stream != NULL)
+    ul_stream_abort(t->stream); /* stop watching the fd before closing it */
+  t->orphaned = 0;              /* warn once */
+  ulpy_close_quietly((PyObject *)t, t->sock);
+}
+
 static void Transport_dealloc(TransportObj *t) {
   PyTypeObject *tp = Py_TYPE(t);
+  if (PyObject_CallFinalizerFromDealloc((PyObject *)t) < 0)
+    return; /* resurrected */
   PyObject_GC_UnTrack(t);
   if (t->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)t);
@@ -481,14 +625,8 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
   }
   if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
     PyBuffer_Release(&view);
-    if (t->conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES) {
-      PyObject *f = ulpy_helper(t->loop->st, "warn_send_after_close");
-      PyObject *r = f ? PyObject_CallNoArgs(f) : NULL;
-      if (r == NULL)
-        return NULL;
-      Py_DECREF(r);
-    }
-    t->conn_lost++;
+    if (ulpy_count_lost_write(t->loop->st, &t->conn_lost) < 0)
+      return NULL;
     Py_RETURN_NONE;
   }
   int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
@@ -519,6 +657,8 @@ static PyObject *Transport_can_write_eof(TransportObj *t,
 
 static PyObject *Transport_close(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->orphan_closing)
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
   if (t->stream != NULL && !ul_stream_is_closing(t->stream)) {
     ul_stream_close(t->stream);
     t->conn_lost += ul_stream_get_write_buffer_size(t->stream) == 0;
@@ -528,6 +668,10 @@ static PyObject *Transport_close(TransportObj *t,
 
 static PyObject *Transport_abort(TransportObj *t,
                                  PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned && !t->conn_lost) {
+    t->conn_lost++;
+    return ulpy_orphan_close(t->loop, &t->orphan_closing);
+  }
   if (t->stream != NULL && !t->conn_lost) {
     t->conn_lost++;
     ul_stream_abort(t->stream);
@@ -537,6 +681,8 @@ static PyObject *Transport_abort(TransportObj *t,
 
 static PyObject *Transport_is_closing(TransportObj *t,
                                       PyObject *Py_UNUSED(ignored)) {
+  if (t->orphaned)
+    return PyBool_FromLong(t->orphan_closing);
   return PyBool_FromLong(t->stream == NULL ||
                          ul_stream_is_closing(t->stream));
 }
@@ -548,15 +694,20 @@ static PyObject *Transport_is_reading(TransportObj *t,
 
 static PyObject *Transport_pause_reading(TransportObj *t,
                                          PyObject *Py_UNUSED(ignored)) {
-  if (t->stream != NULL)
+  if (t->stream != NULL && ul_stream_is_reading(t->stream)) {
     (void)ul_stream_pause_reading(t->stream);
+    debug_log(t, "%r pauses reading", NULL, NULL);
+  }
   Py_RETURN_NONE;
 }
 
 static PyObject *Transport_resume_reading(TransportObj *t,
                                           PyObject *Py_UNUSED(ignored)) {
-  if (t->stream != NULL)
+  if (t->stream != NULL && !ul_stream_is_closing(t->stream) &&
+      !ul_stream_is_reading(t->stream)) {
     (void)ul_stream_resume_reading(t->stream);
+    debug_log(t, "%r resumes reading", NULL, NULL);
+  }
   Py_RETURN_NONE;
 }
 
@@ -566,36 +717,35 @@ static PyObject *Transport_get_write_buffer_size(
                                      : 0);
 }
 
+PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream) {
+  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
+  if (stream != NULL)
+    ul_stream_get_write_buffer_limits(stream, &low, &high);
+  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+}
+
+PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
+                                              ul_stream *stream,
+                                              PyObject *args, PyObject *kw) {
+  Py_ssize_t high, low;
+  if (ulpy_parse_water_marks(loop->st, args, kw, &high, &low) < 0)
+    return NULL;
+  if (stream != NULL)
+    ul_stream_set_write_buffer_limits(stream, high, low);
+  if (PyErr_Occurred())
+    return NULL;
+  Py_RETURN_NONE;
+}
+
 static PyObject *Transport_get_write_buffer_limits(
     TransportObj *t, PyObject *Py_UNUSED(ignored)) {
-  size_t low = UL_STREAM_HIGH_WATER / 4, high = UL_STREAM_HIGH_WATER;
-  if (t->stream != NULL)
-    ul_stream_get_write_buffer_limits(t->stream, &low, &high);
-  return Py_BuildValue("(nn)", (Py_ssize_t)low, (Py_ssize_t)high);
+  return ulpy_stream_get_write_buffer_limits(t->stream);
 }
 
 static PyObject *Transport_set_write_buffer_limits(TransportObj *t,
                                                    PyObject *args,
                                                    PyObject *kw) {
-  static char *kwlist[] = {"high", "low", NULL};
-  PyObject *high_o = Py_None, *low_o = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO", kwlist, &high_o, &low_o))
-    return NULL;
-  PyObject *f = ulpy_helper(t->loop->st, "water_marks");
-  PyObject *r = f ? PyObject_CallFunctionObjArgs(f, high_o, low_o, NULL)
-                  : NULL;
-  if (r == NULL)
-    return NULL;
-  Py_ssize_t high, low;
-  int ok = PyArg_ParseTuple(r, "nn", &high, &low);
-  Py_DECREF(r);
-  if (!ok)
-    return NULL;
-  if (t->stream != NULL)
-    ul_stream_set_write_buffer_limits(t->stream, high, low);
-  if (PyErr_Occurred())
-    return NULL;
-  Py_RETURN_NONE;
+  return ulpy_stream_set_write_buffer_limits(t->loop, t->stream, args, kw);
 }
 
 static PyObject *Transport_make_empty_waiter(TransportObj *t,
@@ -643,7 +793,7 @@ static PyObject *sendfile_exception(int status, uint64_t sent) {
     Py_XDECREF(cls);
     return exc;
   }
-  return exception_from_errno(status);
+  return ulpy_exception_from_errno(status);
 }
 
 /* The end of ul_stream_sendfile: `arg` is the future (a reference). */
@@ -716,16 +866,22 @@ static PyObject *Transport_set_protocol(TransportObj *t, PyObject *protocol) {
   Py_RETURN_NONE;
 }
 
+/* asyncio's _SelectorTransport.__repr__, e.g.
+ * <SocketTransport fd=6 read=polling write=<idle, bufsize=0>>. */
 static PyObject *Transport_repr(TransportObj *t) {
-  const char *state = t->stream == NULL ? " closed"
-                      : ul_stream_is_closing(t->stream) ? " closing"
-                                                        : "";
+  const char *name = strrchr(Py_TYPE(t)->tp_name, '.');
+  name = name ? name + 1 : Py_TYPE(t)->tp_name;
+  if (t->orphaned)
+    return PyUnicode_FromFormat("<%s%s fd=%d>", name,
+                                t->orphan_closing ? " closing" : "", t->fd);
   if (t->stream == NULL)
-    return PyUnicode_FromFormat("<%s%s>", Py_TYPE(t)->tp_name, state);
+    return PyUnicode_FromFormat("<%s closed fd=%d>", name, t->fd);
+  size_t bufsize = ul_stream_get_write_buffer_size(t->stream);
   return PyUnicode_FromFormat(
-      "<%s%s fd=%d read=%s write=<bufsize=%zu>>", Py_TYPE(t)->tp_name, state,
-      t->fd, ul_stream_is_reading(t->stream) ? "polling" : "idle",
-      ul_stream_get_write_buffer_size(t->stream));
+      "<%s%s fd=%d read=%s write=<%s, bufsize=%zu>>", name,
+      ul_stream_is_closing(t->stream) ? " closing" : "", t->fd,
+      ul_stream_is_reading(t->stream) ? "polling" : "idle",
+      bufsize ? "polling" : "idle", bufsize);
 }
 
 static PyObject *Transport_get_sock(TransportObj *t, void *c) {
@@ -804,6 +960,7 @@ static PyType_Slot Transport_slots[] = {
     {Py_tp_new, Transport_new},
     {Py_tp_init, Transport_init},
     {Py_tp_dealloc, Transport_dealloc},
+    {Py_tp_finalize, Transport_finalize},
     {Py_tp_traverse, Transport_traverse},
     {Py_tp_clear, Transport_clear},
     {Py_tp_repr, Transport_repr},

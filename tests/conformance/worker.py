@@ -154,15 +154,33 @@ def install_loop_under_test():
 # asyncio.SelectorEventLoop (or a child watcher) and are run on neither side;
 # both sides run the generated classes, so both sides run the same test ids.
 
+def _side_loop_setup(test, tu):
+    """setUp of a test_utils.TestCase whose own setUp hard-codes
+    asyncio.SelectorEventLoop(): the same, with the side's loop."""
+    tu.TestCase.setUp(test)
+    test.loop = loop_factory()
+    test.set_event_loop(test.loop)
+
+
 def _gen_test_events(mod, tu):
     class UnixloopEventLoopTests(mod.UnixEventLoopTestsMixin,
                                  mod.SubprocessTestsMixin,
                                  tu.TestCase):
         def create_event_loop(self):
             return loop_factory()
-    return [UnixloopEventLoopTests], [
+    # PolicyTests make their loops with asyncio.DefaultEventLoopPolicy():
+    # give them the side's policy class under that name.
+    class UnixloopPolicyTests(mod.PolicyTests):
+        def setUp(self):
+            import asyncio
+            saved = asyncio.DefaultEventLoopPolicy
+            asyncio.DefaultEventLoopPolicy = POLICY_CLASS
+            self.addCleanup(setattr, asyncio, 'DefaultEventLoopPolicy',
+                            saved)
+            super().setUp()
+    return [UnixloopEventLoopTests, UnixloopPolicyTests], [
         'KqueueEventLoopTests', 'EPollEventLoopTests',
-        'PollEventLoopTests', 'SelectEventLoopTests']
+        'PollEventLoopTests', 'SelectEventLoopTests', 'PolicyTests']
 
 
 def _gen_test_sock_lowlevel(mod, tu):
@@ -191,10 +209,28 @@ def _gen_test_subprocess(mod, tu):
             super().setUp()
             self.loop = loop_factory()
             self.set_event_loop(self.loop)
-    return [UnixloopSubprocessTests], [
-        'SubprocessThreadedWatcherTests', 'SubprocessMultiLoopWatcherTests',
-        'SubprocessSafeWatcherTests', 'SubprocessFastWatcherTests',
-        'SubprocessPidfdWatcherTests', 'SubprocessProactorTests']
+    generated = [UnixloopSubprocessTests]
+    # And with each of asyncio's child watchers set on the policy, as the
+    # module's own classes do (the module's skips are inherited).
+    replaced = ['SubprocessThreadedWatcherTests',
+                'SubprocessMultiLoopWatcherTests',
+                'SubprocessSafeWatcherTests', 'SubprocessFastWatcherTests',
+                'SubprocessPidfdWatcherTests']
+    for name in replaced:
+        base = getattr(mod, name, None)
+        if base is None:
+            continue
+
+        def setUp(self):
+            import asyncio
+            tu.TestCase.setUp(self)
+            self.loop = loop_factory()
+            self.set_event_loop(self.loop)
+            watcher = self.Watcher()
+            watcher.attach_loop(self.loop)
+            asyncio.get_event_loop_policy().set_child_watcher(watcher)
+        generated.append(type('Unixloop' + name, (base,), {'setUp': setUp}))
+    return generated, replaced + ['SubprocessProactorTests']
 
 
 def _gen_test_server(mod, tu):
@@ -232,20 +268,56 @@ def _gen_test_buffered_proto(mod, tu):
 def _gen_test_unix_events(mod, tu):
     class UnixloopUnixSocketTests(mod.SelectorEventLoopUnixSocketTests):
         def setUp(self):
-            tu.TestCase.setUp(self)
-            self.loop = loop_factory()
-            self.set_event_loop(self.loop)
+            _side_loop_setup(self, tu)
 
     class UnixloopFunctionalTests(mod.TestFunctional):
         def setUp(self):
             import asyncio
             self.loop = loop_factory()
             asyncio.set_event_loop(self.loop)
-    return [UnixloopUnixSocketTests, UnixloopFunctionalTests], [
-        'SelectorEventLoopUnixSocketTests', 'TestFunctional']
+
+    # add_signal_handler & co. with the signal module mocked: unixloop's go
+    # through asyncio's code, so they run too.
+    class UnixloopSignalTests(mod.SelectorEventLoopSignalTests):
+        def setUp(self):
+            _side_loop_setup(self, tu)
+
+    # The policy's child-watcher bookkeeping, with the side's policy.
+    class UnixloopPolicyTests(mod.PolicyTests):
+        def create_policy(self):
+            return POLICY_CLASS()
+    return [UnixloopUnixSocketTests, UnixloopFunctionalTests,
+            UnixloopSignalTests, UnixloopPolicyTests], [
+        'SelectorEventLoopUnixSocketTests', 'TestFunctional',
+        'SelectorEventLoopSignalTests', 'PolicyTests']
+
+
+def _gen_test_base_events(mod, tu):
+    # Public loop API (create_connection, create_server,
+    # create_datagram_endpoint, ... and their errors) on a real loop, with
+    # sockets or getaddrinfo mocked.
+    class UnixloopBaseEventLoopWithSelectorTests(
+            mod.BaseEventLoopWithSelectorTests):
+        def setUp(self):
+            _side_loop_setup(self, tu)
+
+    # sock_sendfile's argument checks and its result, on the side's loop
+    # (the module's class runs asyncio's BaseSelectorEventLoop, which has
+    # no native sendfile; the two tests of that lack are excluded).
+    class UnixloopSockSendfileTests(mod.BaseLoopSockSendfileTests):
+        def setUp(self):
+            self.loop = loop_factory()
+            self.set_event_loop(self.loop)
+            self.file = open(mod.os_helper.TESTFN, 'rb')
+            self.addCleanup(self.file.close)
+            tu.TestCase.setUp(self)
+    return [UnixloopBaseEventLoopWithSelectorTests,
+            UnixloopSockSendfileTests], [
+        'BaseEventLoopWithSelectorTests', 'BaseLoopSockSendfileTests']
 
 
 GENERATORS = {
+    'test_base_events': _gen_test_base_events,
     'test_events': _gen_test_events,
     'test_sock_lowlevel': _gen_test_sock_lowlevel,
     'test_sendfile': _gen_test_sendfile,

@@ -26,6 +26,9 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # Every skip prints its reason in the summary (as -rs).
+    if 's' not in config.option.reportchars:
+        config.option.reportchars += 's'
     backend = config.getoption('--unixloop-backend')
     if backend:
         os.environ['UNIXLOOP_BACKEND'] = backend

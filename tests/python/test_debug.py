@@ -266,3 +266,133 @@ def test_debug_mode_tracks_coroutine_origin(aloop):
 
     assert aloop.run_until_complete(main()) > 0
     assert sys.get_coroutine_origin_tracking_depth() == 0
+
+
+def _debug_messages(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == 'asyncio' and r.levelno == logging.DEBUG]
+
+
+def test_transport_debug_logs_like_asyncio(aloop, caplog):
+    # asyncio logs flow control and EOF of its socket transports in debug
+    # mode, naming the transport by its repr.
+    aloop.set_debug(True)
+    a, b = socket.socketpair()
+    eof = aloop.create_future()
+
+    class Proto(asyncio.Protocol):
+        def eof_received(self):
+            eof.set_result(None)
+
+    try:
+        tr, _ = aloop.run_until_complete(
+            aloop.create_connection(Proto, sock=a))
+        with caplog.at_level(logging.DEBUG, logger='asyncio'):
+            tr.pause_reading()
+            tr.pause_reading()              # no change: no message
+            tr.resume_reading()
+            b.shutdown(socket.SHUT_WR)
+            aloop.run_until_complete(asyncio.wait_for(eof, TIMEOUT))
+        # (the repr is formatted when the record is: by then, closed)
+        msgs = _debug_messages(caplog)
+        name = type(tr).__name__
+        assert [m.split('> ', 1)[1] for m in msgs
+                if m.startswith(f'<{name} ')] == [
+            'pauses reading', 'resumes reading', 'received EOF']
+        tr.close()
+        aloop.run_until_complete(asyncio.sleep(0))
+    finally:
+        b.close()
+
+
+def test_close_logged_in_debug(aloop, caplog):
+    aloop.set_debug(True)
+    with caplog.at_level(logging.DEBUG, logger='asyncio'):
+        aloop.close()
+    assert f'Close {aloop!r}' in _debug_messages(caplog)
+
+
+@pytest.mark.parametrize('how', ['PYTHONASYNCIODEBUG=1', '-X dev'])
+def test_debug_mode_from_environment(how):
+    # asyncio's loops start in debug mode under PYTHONASYNCIODEBUG or
+    # -X dev: so do unixloop's, slow callbacks warn.
+    import os
+    import subprocess
+    import sys
+    code = '''if 1:
+        import asyncio, time, unixloop
+        async def main():
+            loop = asyncio.get_running_loop()
+            print(loop.get_debug())
+            loop.slow_callback_duration = 0.001
+            t = time.monotonic()
+            while time.monotonic() - t < 0.01:
+                pass
+        unixloop.run(main())
+    '''
+    env = dict(os.environ)
+    env.pop('PYTHONASYNCIODEBUG', None)
+    args = [sys.executable]
+    if how == '-X dev':
+        args += ['-X', 'dev']
+    else:
+        env['PYTHONASYNCIODEBUG'] = '1'
+    proc = subprocess.run(args + ['-c', code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == 'True\n'
+    assert 'Executing <Task' in proc.stderr and ' took ' in proc.stderr
+
+
+def test_task_source_traceback_in_debug(aloop):
+    aloop.set_debug(True)
+
+    async def coro():
+        pass
+
+    task = aloop.create_task(coro())
+    # asyncio drops its own create_task frame: the last frame is ours.
+    assert task._source_traceback[-1].name == \
+        'test_task_source_traceback_in_debug'
+    fut = aloop.create_future()
+    # asyncio's create_future is a Python frame, unixloop's is not.
+    assert 'test_task_source_traceback_in_debug' in \
+        [f.name for f in fut._source_traceback[-2:]]
+    aloop.run_until_complete(task)
+
+
+@pytest.mark.parametrize('callback', ['connection_made', 'data_received'])
+def test_slow_protocol_callback_logged(aloop, caplog, callback):
+    # A slow protocol callback is reported as the handle that ran it, as
+    # asyncio does (e.g. "Executing <Handle ..._read_ready()> took ...").
+    aloop.set_debug(True)
+    aloop.slow_callback_duration = 0.01
+    a, b = socket.socketpair()
+    got = aloop.create_future()
+
+    class Proto(asyncio.Protocol):
+        def connection_made(self, transport):
+            if callback == 'connection_made':
+                _slow(0.03)
+
+        def data_received(self, data):
+            _slow(0.03)
+            got.set_result(data)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger='asyncio'):
+            tr, _ = aloop.run_until_complete(
+                aloop.create_connection(Proto, sock=a))
+            b.send(b'x')
+            aloop.run_until_complete(asyncio.wait_for(got, TIMEOUT))
+        msgs = [r.getMessage() for r in caplog.records
+                if r.name == 'asyncio' and r.levelno == logging.WARNING]
+        expect = ('.connection_made(' if callback == 'connection_made'
+                  else '._read_ready()')
+        slow = [m for m in msgs if m.startswith('Executing <Handle ')
+                and expect in m and ' took ' in m]
+        assert len(slow) >= 1, msgs
+        tr.close()
+        aloop.run_until_complete(asyncio.sleep(0))
+    finally:
+        b.close()
