@@ -127,6 +127,8 @@ void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
                               PyObject *exc);
 void ulpy_transport_report(LoopObj *loop, PyObject *transport,
                            PyObject *protocol, const char *message);
+/* tp_init of the C transport types (a no-op: they are set up in __new__). */
+int ulpy_transport_init(PyObject *self, PyObject *args, PyObject *kw);
 int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,
                            Py_ssize_t *high, Py_ssize_t *low);
 int ulpy_count_lost_write(core_state *st, int *conn_lost);

@@ -445,15 +445,6 @@ static PyObject *Dgram_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   return (PyObject *)t;
 }
 
-/* Everything is done in __new__: asyncio's BaseTransport.__init__ must not
- * run with our arguments. */
-static int Dgram_init(PyObject *self, PyObject *args, PyObject *kw) {
-  (void)self;
-  (void)args;
-  (void)kw;
-  return 0;
-}
-
 static int Dgram_traverse(DgramObj *t, visitproc visit, void *arg) {
   Py_VISIT(Py_TYPE(t));
   Py_VISIT(t->extra);
@@ -802,7 +793,7 @@ static PyMemberDef Dgram_members[] = {
 
 static PyType_Slot Dgram_slots[] = {
     {Py_tp_new, Dgram_new},
-    {Py_tp_init, Dgram_init},
+    {Py_tp_init, ulpy_transport_init},
     {Py_tp_dealloc, Dgram_dealloc},
     {Py_tp_finalize, Dgram_finalize},
     {Py_tp_traverse, Dgram_traverse},

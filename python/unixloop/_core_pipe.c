@@ -260,14 +260,6 @@ static PyObject *Pipe_new(PyTypeObject *tp, PyObject *args, PyObject *kw) {
   return (PyObject *)t;
 }
 
-/* Everything is done in __new__: asyncio's __init__ must not run. */
-static int Pipe_init(PyObject *self, PyObject *args, PyObject *kw) {
-  (void)self;
-  (void)args;
-  (void)kw;
-  return 0;
-}
-
 /* asyncio's __del__: an unclosed transport warns and closes its pipe. */
 static void Pipe_finalize(PipeObj *t) {
   if (t->pipe == NULL || t->pipe == Py_None)
@@ -557,7 +549,7 @@ static PyMemberDef Pipe_members[] = {
     {NULL, 0, 0, 0, NULL}};
 
 #define PIPE_SLOTS(methods)                                                  \
-  {Py_tp_new, Pipe_new}, {Py_tp_init, Pipe_init},                            \
+  {Py_tp_new, Pipe_new}, {Py_tp_init, ulpy_transport_init},                            \
       {Py_tp_dealloc, Pipe_dealloc}, {Py_tp_finalize, Pipe_finalize},        \
       {Py_tp_traverse, Pipe_traverse}, {Py_tp_clear, Pipe_clear},            \
       {Py_tp_repr, Pipe_repr}, {Py_tp_methods, methods},                     \

@@ -534,9 +534,9 @@ static PyObject *Transport_new(PyTypeObject *tp, PyObject *args,
   return (PyObject *)t;
 }
 
-/* Everything is done in __new__: asyncio's BaseTransport.__init__ must not
- * run with our arguments. */
-static int Transport_init(PyObject *self, PyObject *args, PyObject *kw) {
+/* tp_init of every C transport type: everything is done in __new__, and
+ * asyncio's BaseTransport.__init__ must not run with our arguments. */
+int ulpy_transport_init(PyObject *self, PyObject *args, PyObject *kw) {
   (void)self;
   (void)args;
   (void)kw;
@@ -958,7 +958,7 @@ static PyMemberDef Transport_members[] = {
 
 static PyType_Slot Transport_slots[] = {
     {Py_tp_new, Transport_new},
-    {Py_tp_init, Transport_init},
+    {Py_tp_init, ulpy_transport_init},
     {Py_tp_dealloc, Transport_dealloc},
     {Py_tp_finalize, Transport_finalize},
     {Py_tp_traverse, Transport_traverse},
