@@ -127,6 +127,9 @@ void ulpy_transport_exception(LoopObj *loop, PyObject *transport,
                               PyObject *exc);
 void ulpy_transport_report(LoopObj *loop, PyObject *transport,
                            PyObject *protocol, const char *message);
+/* protocol.pause_writing() (pause) or resume_writing(), errors reported. */
+void ulpy_protocol_flow_call(LoopObj *loop, PyObject *transport,
+                             PyObject *protocol, int pause);
 /* tp_init of the C transport types (a no-op: they are set up in __new__). */
 int ulpy_transport_init(PyObject *self, PyObject *args, PyObject *kw);
 int ulpy_parse_water_marks(core_state *st, PyObject *args, PyObject *kw,

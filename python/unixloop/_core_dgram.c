@@ -297,23 +297,18 @@ static void on_error(ul_dgram *d, int err, void *ctx) {
     report(t, "Exception in callback DatagramTransport._read_ready()");
 }
 
-static void flow_call(DgramObj *t, const char *method, const char *message) {
-  PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
-  if (r == NULL)
-    report(t, message);
-  Py_XDECREF(r);
-}
-
 static void on_pause_writing(ul_dgram *d, void *ctx) {
   (void)d;
-  ((DgramObj *)ctx)->protocol_paused = 1;
-  flow_call(ctx, "pause_writing", "protocol.pause_writing() failed");
+  DgramObj *t = ctx;
+  t->protocol_paused = 1;
+  ulpy_protocol_flow_call(t->loop, (PyObject *)t, t->protocol, 1);
 }
 
 static void on_resume_writing(ul_dgram *d, void *ctx) {
   (void)d;
-  ((DgramObj *)ctx)->protocol_paused = 0;
-  flow_call(ctx, "resume_writing", "protocol.resume_writing() failed");
+  DgramObj *t = ctx;
+  t->protocol_paused = 0;
+  ulpy_protocol_flow_call(t->loop, (PyObject *)t, t->protocol, 0);
 }
 
 /* asyncio's _call_connection_lost. */

@@ -118,20 +118,14 @@ static void on_pause_writing(ul_stream *stream, void *ctx) {
   PipeObj *t = ctx;
   (void)stream;
   t->protocol_paused = 1;
-  PyObject *r = PyObject_CallMethod(t->protocol, "pause_writing", NULL);
-  if (r == NULL)
-    report(t, "protocol.pause_writing() failed");
-  Py_XDECREF(r);
+  ulpy_protocol_flow_call(t->loop, (PyObject *)t, t->protocol, 1);
 }
 
 static void on_resume_writing(ul_stream *stream, void *ctx) {
   PipeObj *t = ctx;
   (void)stream;
   t->protocol_paused = 0;
-  PyObject *r = PyObject_CallMethod(t->protocol, "resume_writing", NULL);
-  if (r == NULL)
-    report(t, "protocol.resume_writing() failed");
-  Py_XDECREF(r);
+  ulpy_protocol_flow_call(t->loop, (PyObject *)t, t->protocol, 0);
 }
 
 /* asyncio's _call_connection_lost: the protocol, then pipe.close(). */

@@ -323,24 +323,32 @@ static int on_eof(ul_stream *stream, void *ctx) {
   return keep_open;
 }
 
-static void flow_call(TransportObj *t, const char *method,
-                      const char *message) {
-  PyObject *r = PyObject_CallMethod(t->protocol, method, NULL);
+/* protocol.pause_writing() (pause != 0) or resume_writing(), an exception
+ * reported as asyncio's _maybe_pause_protocol / _maybe_resume_protocol do.
+ * Shared by every C transport type. */
+void ulpy_protocol_flow_call(LoopObj *loop, PyObject *transport,
+                             PyObject *protocol, int pause) {
+  PyObject *r = PyObject_CallMethod(
+      protocol, pause ? "pause_writing" : "resume_writing", NULL);
   if (r == NULL)
-    report_exception(t, message);
+    ulpy_transport_report(loop, transport, protocol,
+                          pause ? "protocol.pause_writing() failed"
+                                : "protocol.resume_writing() failed");
   Py_XDECREF(r);
 }
 
 static void on_pause_writing(ul_stream *stream, void *ctx) {
   (void)stream;
-  ((TransportObj *)ctx)->protocol_paused = 1;
-  flow_call(ctx, "pause_writing", "protocol.pause_writing() failed");
+  TransportObj *t = ctx;
+  t->protocol_paused = 1;
+  ulpy_protocol_flow_call(t->loop, (PyObject *)t, t->protocol, 1);
 }
 
 static void on_resume_writing(ul_stream *stream, void *ctx) {
   (void)stream;
-  ((TransportObj *)ctx)->protocol_paused = 0;
-  flow_call(ctx, "resume_writing", "protocol.resume_writing() failed");
+  TransportObj *t = ctx;
+  t->protocol_paused = 0;
+  ulpy_protocol_flow_call(t->loop, (PyObject *)t, t->protocol, 0);
 }
 
 static void on_drained(ul_stream *stream, void *ctx) {
