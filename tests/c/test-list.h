@@ -192,6 +192,10 @@ TEST_DECLARE(stream_abort_in_lost_at_loop_close)
 TEST_DECLARE(stream_callbacks_never_inside_calls)
 TEST_DECLARE(stream_invalid_args)
 TEST_DECLARE(stream_first_queued_write_no_ub)
+TEST_DECLARE(stream_writes_batched_at_iteration_end)
+TEST_DECLARE(stream_batched_write_then_close_or_abort)
+TEST_DECLARE(stream_batched_write_errors)
+TEST_DECLARE(stream_big_write_in_callback_not_deferred)
 
 /* test-dgram.c */
 TEST_DECLARE(dgram_udp_echo)
@@ -463,6 +467,10 @@ TASK_LIST_START
   TEST_ENTRY(stream_abort_in_lost_at_loop_close)
   TEST_ENTRY(stream_callbacks_never_inside_calls)
   TEST_ENTRY(stream_first_queued_write_no_ub)
+  TEST_ENTRY(stream_writes_batched_at_iteration_end)
+  TEST_ENTRY(stream_batched_write_then_close_or_abort)
+  TEST_ENTRY(stream_batched_write_errors)
+  TEST_ENTRY(stream_big_write_in_callback_not_deferred)
   /* test-dgram.c */
   TEST_ENTRY(dgram_udp_echo)
   TEST_ENTRY(dgram_udp6_echo)
