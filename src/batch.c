@@ -1,22 +1,25 @@
 /*
- * batch.c -- several non-blocking socket sends in one system call.
+ * batch.c -- several non-blocking socket sends or receives in one system
+ * call.
  *
  * A system call is the dearest thing an echo server does per request (on
- * a virtual machine a bare one can cost a microsecond).  The streams defer
- * the small writes of an iteration and flush them together at its end;
- * this file sends such a batch with one io_uring_enter(2) where the kernel
- * offers io_uring, or with one send per buffer where it does not.
+ * a virtual machine a bare one can cost a microsecond).  The streams read
+ * the sockets an epoll_wait reported together, and defer the small writes
+ * of an iteration to flush them together at its end; this file runs such a
+ * batch with one io_uring_enter(2) where the kernel offers io_uring, or
+ * with one recv / send each where it does not.
  *
  * Every operation is submitted with MSG_DONTWAIT, so io_uring completes it
- * inline, exactly as a non-blocking send(2) would (bytes sent, or -EAGAIN
- * when the socket buffer is full): the caller sees the same results either
- * way, within the same call.
+ * inline, exactly as a non-blocking recv(2) / send(2) would (bytes, or
+ * -EAGAIN): the caller sees the same results either way, within the same
+ * call.
  *
  * The ring is the loop's, made at the first batch of two or more
  * operations.  A child forked from the process must not share it with the
  * parent: a fork (pthread_atfork) bumps a generation number, and a ring
  * made in another generation is dropped and made again.
  */
+#include <limits.h>
 #include <linux/io_uring.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -143,28 +146,29 @@ static ul__uring *loop_uring(ul_loop *loop) {
   return loop->uring;
 }
 
-static void send_one(ul__send *op) {
+static void run_one(ul__sockop *op) {
   ssize_t n;
   do
-    n = send(op->fd, op->data, op->len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = op->recv ? recv(op->fd, op->data, op->len, MSG_DONTWAIT)
+                 : send(op->fd, op->data, op->len, MSG_NOSIGNAL | MSG_DONTWAIT);
   while (n == -1 && errno == EINTR);
   op->result = n == -1 ? -errno : n;
 }
 
 /* Submits ops[0, n) (n <= sq_entries) and collects their completions.
  * Returns -errno when the ring failed before any op ran. */
-static int uring_send(ul__uring *r, ul__send *ops, unsigned n) {
+static int uring_run(ul__uring *r, ul__sockop *ops, unsigned n) {
   unsigned tail = *r->sq_tail;
   unsigned mask = *r->sq_mask;
   for (unsigned i = 0; i < n; i++) {
     unsigned idx = (tail + i) & mask;
     struct io_uring_sqe *sqe = &r->sqes[idx];
     memset(sqe, 0, sizeof *sqe);
-    sqe->opcode = IORING_OP_SEND;
+    sqe->opcode = ops[i].recv ? IORING_OP_RECV : IORING_OP_SEND;
     sqe->fd = ops[i].fd;
     sqe->addr = (unsigned long)ops[i].data;
-    sqe->len = (unsigned)ops[i].len;
-    sqe->msg_flags = MSG_NOSIGNAL | MSG_DONTWAIT;
+    sqe->len = ops[i].len > UINT_MAX ? UINT_MAX : (unsigned)ops[i].len;
+    sqe->msg_flags = ops[i].recv ? MSG_DONTWAIT : MSG_NOSIGNAL | MSG_DONTWAIT;
     sqe->user_data = i;
     r->sq_array[idx] = idx;
     ops[i].result = -EINPROGRESS;
@@ -206,12 +210,12 @@ static int uring_send(ul__uring *r, ul__send *ops, unsigned n) {
   return 0;
 }
 
-void ul__batch_send(ul_loop *loop, ul__send *ops, size_t n) {
+void ul__batch_run(ul_loop *loop, ul__sockop *ops, size_t n) {
   ul__uring *r = n >= 2 ? loop_uring(loop) : NULL;
   size_t i = 0;
   while (r != NULL && i < n) {
     unsigned chunk = n - i < r->sq_entries ? (unsigned)(n - i) : r->sq_entries;
-    if (uring_send(r, ops + i, chunk) < 0) {
+    if (uring_run(r, ops + i, chunk) < 0) {
       /* The ring is unusable (e.g. the process ran out of memory for it):
        * fall back for good. */
       ul__uring_free(loop->uring);
@@ -222,5 +226,5 @@ void ul__batch_send(ul_loop *loop, ul__send *ops, size_t n) {
     i += chunk;
   }
   for (; i < n; i++)
-    send_one(&ops[i]);
+    run_one(&ops[i]);
 }

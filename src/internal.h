@@ -137,21 +137,22 @@ static inline int ul__water_marks(ssize_t high, ssize_t low, size_t dflt,
   return 0;
 }
 
-/* ---- batched sends (batch.c) -------------------------------------------- */
+/* ---- batched socket I/O (batch.c) ---------------------------------------- */
 
-/* One non-blocking send(MSG_NOSIGNAL) of a batch; `result` is set to the
- * bytes sent or -errno (-EAGAIN when the socket buffer was full). */
-typedef struct ul__send {
+/* One non-blocking recv() or send(MSG_NOSIGNAL) of a batch; `result` is
+ * set to the byte count or -errno (-EAGAIN: nothing to read / no room). */
+typedef struct ul__sockop {
   int fd;
-  const void *data;
+  int recv;
+  void *data;
   size_t len;
   ssize_t result;
-} ul__send;
+} ul__sockop;
 
 typedef struct ul__uring ul__uring;
 
-/* Runs the sends, with one system call where io_uring is available. */
-void ul__batch_send(ul_loop *loop, ul__send *ops, size_t n);
+/* Runs the operations, with one system call where io_uring is available. */
+void ul__batch_run(ul_loop *loop, ul__sockop *ops, size_t n);
 void ul__uring_free(ul__uring *r);
 
 /* ---- streams (stream.c) --------------------------------------------------- */
@@ -159,6 +160,9 @@ void ul__uring_free(ul__uring *r);
 void ul__streams_close_all(ul_loop *loop);
 /* Sends the writes the streams deferred during this iteration. */
 void ul__streams_flush(ul_loop *loop);
+/* Reads the sockets the poll reported readable, together (ul__batch_run),
+ * and hands each its data in the order they were reported. */
+void ul__streams_read(ul_loop *loop);
 
 /* ---- datagram transports (dgram.c) ------------------------------------- */
 
@@ -269,7 +273,12 @@ struct ul_loop {
   ul_stream **flush;     /* streams with a deferred write; NULL = removed */
   size_t flush_len;
   size_t flush_cap;
-  ul__send *flush_ops;   /* flush_cap of them, for ul__streams_flush */
+  ul__sockop *flush_ops; /* flush_cap of them, for ul__streams_flush */
+  ul_stream **reads;     /* streams the poll reported readable; NULL =
+                            removed (stream.c) */
+  size_t reads_len;
+  size_t reads_cap;
+  char *read_slots;      /* their receive areas */
   ul__uring *uring;      /* batch.c: made on demand */
   int uring_off;         /* io_uring refused or disabled: plain sends */
   ul_server *servers;    /* open servers (net.c) */

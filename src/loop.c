@@ -238,6 +238,7 @@ int ul_loop_close(ul_loop *loop) {
   ul__uring_free(loop->uring);
   free(loop->flush);
   free(loop->flush_ops);
+  free(loop->reads);
   ul__timers_destroy(loop);
   ul__io_destroy(loop);
   pthread_mutex_destroy(&loop->ts_lock);
@@ -351,6 +352,8 @@ static int poll_io(ul_loop *loop, int timeout) {
       ul__collect_threadsafe(loop);
   } else {
     loop->backend->dispatch(loop);
+    if (loop->reads_len > 0)
+      ul__streams_read(loop);
   }
   if (loop->signals != NULL &&
       atomic_load_explicit(&loop->signals->any, memory_order_relaxed))

@@ -25,6 +25,8 @@
 #include "internal.h"
 
 #define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
+#define READ_SLOT_SIZE (64 * 1024)      /* per socket in a batch of reads */
+#define READ_SLOTS 32                   /* sockets per batch of reads */
 #define WRITE_IOV 16                    /* buffers per writev from the queue */
 
 /* Bytes queued by reference (ul_stream_write_ref): sent from the caller's
@@ -76,6 +78,14 @@ struct ul_stream {
                                    reader watch for the peer going away */
   unsigned flush_queued : 1;    /* in loop->flush: sent at the iteration's
                                    end (ul__streams_flush) */
+  unsigned read_queued : 1;     /* in loop->reads: read with the other
+                                   sockets epoll reported (ul__streams_read) */
+  unsigned held_eof : 1;        /* read EOF while paused: see `held` */
+  unsigned held_scheduled : 1;  /* held_cb is queued */
+  /* Read in a batch, but pause_reading() was called before its delivery:
+   * delivered once reading resumes, as asyncio would have read it then. */
+  char *held;
+  size_t held_len;
   int lost_err;
   struct ul__sendfile *sendfile;  /* a ul_stream_sendfile() running */
 };
@@ -131,8 +141,12 @@ static void flush_unqueue(ul_stream *s) {
   }
 }
 
+static void read_unqueue(ul_stream *s);
+
 static void stream_free(ul_stream *s) {
   flush_unqueue(s);
+  read_unqueue(s);
+  free(s->held);
   if (s->prev != NULL)
     s->prev->next = s->next;
   else
@@ -174,6 +188,8 @@ void ul__streams_close_all(ul_loop *loop) {
   }
   free(loop->read_buf);
   loop->read_buf = NULL;
+  free(loop->read_slots);
+  loop->read_slots = NULL;
 }
 
 /* Schedules connection_lost once; stops all I/O now. */
@@ -247,16 +263,25 @@ static void on_eof(ul_stream *s) {
     ul_stream_close(s);
 }
 
-static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
-  ul_stream *s = arg;
-  (void)loop;
-  (void)events;
-  if (s->write_only) {
-    /* A write end becomes "readable" only when its reader went away.  A
-     * write pipe, as asyncio's, reports EPIPE only if bytes were lost. */
-    fatal(s, s->pipe && pending(s) == 0 ? 0 : -EPIPE);
+/* Hands what one read returned (bytes, 0 at EOF, or -errno) to the
+ * protocol.  buf is the loop's or, for a buffered protocol, its own. */
+static void read_done(ul_stream *s, char *buf, ssize_t n, int buffered) {
+  if (n < 0) {
+    if (n != -EAGAIN && n != -EWOULDBLOCK)
+      fatal(s, (int)n);
     return;
   }
+  if (n == 0) {
+    on_eof(s);
+    return;
+  }
+  if (buffered)
+    s->proto->buffer_updated(s, (size_t)n, s->ctx);
+  else
+    s->proto->data_received(s, buf, (size_t)n, s->ctx);
+}
+
+static void read_now(ul_stream *s) {
   char *buf;
   size_t cap;
   int buffered = s->proto->get_buffer != NULL &&
@@ -281,21 +306,151 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
    * position lock, fsnotify) for nothing. */
   ssize_t n;
   do
-    n = s->is_socket ? recv(fd, buf, cap, 0) : read(fd, buf, cap);
+    n = s->is_socket ? recv(s->fd, buf, cap, 0) : read(s->fd, buf, cap);
   while (n == -1 && errno == EINTR);
-  if (n == -1) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      fatal(s, -errno);
+  read_done(s, buf, n == -1 ? -errno : n, buffered);
+}
+
+/* ---- reading many sockets in one system call ----------------------------- */
+
+static void read_unqueue(ul_stream *s) {
+  if (!s->read_queued)
+    return;
+  s->read_queued = 0;
+  for (size_t i = 0; i < s->loop->reads_len; i++) {
+    if (s->loop->reads[i] == s) {
+      s->loop->reads[i] = NULL;
+      break;
+    }
+  }
+}
+
+/* A socket with a data_received protocol joins the iteration's batch of
+ * reads (a buffered protocol's get_buffer must run just before its read). */
+static int read_enqueue(ul_stream *s) {
+  ul_loop *loop = s->loop;
+  if (!s->is_socket || s->pipe || (s->proto->get_buffer != NULL &&
+                                   s->proto->buffer_updated != NULL))
+    return -EINVAL;
+  if (loop->reads_len == loop->reads_cap) {
+    size_t cap = loop->reads_cap ? loop->reads_cap * 2 : 64;
+    ul_stream **list = realloc(loop->reads, cap * sizeof *list);
+    if (list == NULL)
+      return -ENOMEM;
+    loop->reads = list;
+    loop->reads_cap = cap;
+  }
+  loop->reads[loop->reads_len++] = s;
+  s->read_queued = 1;
+  return 0;
+}
+
+static void held_cb(ul_loop *loop, void *arg, int status);
+
+/* An earlier callback of the batch paused (or closed) this stream after its
+ * bytes were read: asyncio would not have read them yet.  Keep them for
+ * resume_reading; a closing stream drops them, as its socket would. */
+static void read_hold(ul_stream *s, const char *buf, ssize_t n) {
+  if (s->closing || n == -EAGAIN || n == -EWOULDBLOCK)
+    return;
+  if (n < 0) {
+    fatal(s, (int)n);
     return;
   }
   if (n == 0) {
+    s->held_eof = 1;
+    return;
+  }
+  char *held = realloc(s->held, s->held_len + (size_t)n);
+  if (held == NULL) {
+    fatal(s, -ENOMEM);
+    return;
+  }
+  memcpy(held + s->held_len, buf, (size_t)n);
+  s->held = held;
+  s->held_len += (size_t)n;
+}
+
+/* Delivers what was held, then reads again; from resume_reading. */
+static void held_cb(ul_loop *loop, void *arg, int status) {
+  ul_stream *s = arg;
+  (void)loop;
+  s->held_scheduled = 0;
+  if (status != 0 || s->closing || s->paused)
+    return;
+  char *held = s->held;
+  size_t len = s->held_len;
+  int eof = s->held_eof;
+  s->held = NULL;
+  s->held_len = 0;
+  s->held_eof = 0;
+  if (len > 0)
+    s->proto->data_received(s, held, len, s->ctx);
+  free(held);
+  if (eof && !s->closing) {
     on_eof(s);
     return;
   }
-  if (buffered)
-    s->proto->buffer_updated(s, (size_t)n, s->ctx);
-  else
-    s->proto->data_received(s, buf, (size_t)n, s->ctx);
+  reader_start(s);
+}
+
+static char *loop_read_slots(ul_loop *loop) {
+  if (loop->read_slots == NULL)
+    loop->read_slots = malloc((size_t)READ_SLOTS * READ_SLOT_SIZE);
+  return loop->read_slots;
+}
+
+void ul__streams_read(ul_loop *loop) {
+  ul__sockop ops[READ_SLOTS];
+  ul_stream *batch[READ_SLOTS];
+  char *slots = loop->reads_len > 1 ? loop_read_slots(loop) : NULL;
+  size_t i = 0;
+  while (i < loop->reads_len) {
+    size_t n = 0;
+    for (; i < loop->reads_len && n < READ_SLOTS; i++) {
+      ul_stream *s = loop->reads[i];
+      if (s == NULL)
+        continue;
+      loop->reads[i] = NULL;
+      s->read_queued = 0;
+      if (s->closing || s->paused || !s->reader_on)
+        continue; /* changed by a callback since epoll reported it */
+      if (slots == NULL) {
+        read_now(s); /* one socket (or no memory for slots) */
+        continue;
+      }
+      batch[n] = s;
+      ops[n] = (ul__sockop){.fd = s->fd, .recv = 1,
+                            .data = slots + n * READ_SLOT_SIZE,
+                            .len = READ_SLOT_SIZE};
+      n++;
+    }
+    ul__batch_run(loop, ops, n);
+    for (size_t k = 0; k < n; k++) {
+      ul_stream *s = batch[k];
+      if (s->closing || s->paused || s->held_len > 0 || s->held_eof)
+        read_hold(s, ops[k].data, ops[k].result);
+      else
+        read_done(s, ops[k].data, ops[k].result, 0);
+    }
+  }
+  loop->reads_len = 0;
+}
+
+static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
+  ul_stream *s = arg;
+  (void)loop;
+  (void)events;
+  (void)fd;
+  if (s->write_only) {
+    /* A write end becomes "readable" only when its reader went away.  A
+     * write pipe, as asyncio's, reports EPIPE only if bytes were lost. */
+    fatal(s, s->pipe && pending(s) == 0 ? 0 : -EPIPE);
+    return;
+  }
+  if (s->read_queued || read_enqueue(s) == 0)
+    return;
+  read_now(s);
 }
 
 static void reader_start(ul_stream *s) {
@@ -508,7 +663,7 @@ static int flush_enqueue(ul_stream *s) {
     if (list == NULL)
       return -ENOMEM;
     loop->flush = list;
-    ul__send *ops = realloc(loop->flush_ops, cap * sizeof *ops);
+    ul__sockop *ops = realloc(loop->flush_ops, cap * sizeof *ops);
     if (ops == NULL)
       return -ENOMEM;
     loop->flush_ops = ops;
@@ -521,7 +676,7 @@ static int flush_enqueue(ul_stream *s) {
 
 void ul__streams_flush(ul_loop *loop) {
   size_t nops = 0;
-  ul__send *ops = loop->flush_ops;
+  ul__sockop *ops = loop->flush_ops;
   /* Streams whose queue is one buffer (nearly all) go in the batch; any
    * other is written on its own first.  Callbacks run by those writes make
    * no deferred writes: the iteration is over. */
@@ -539,11 +694,11 @@ void ul__streams_flush(ul_loop *loop) {
       continue;
     }
     loop->flush[nops] = s; /* i >= nops: already visited */
-    ops[nops++] = (ul__send){.fd = s->fd, .data = iov[0].iov_base,
-                             .len = iov[0].iov_len};
+    ops[nops++] = (ul__sockop){.fd = s->fd, .data = iov[0].iov_base,
+                               .len = iov[0].iov_len};
   }
   loop->flush_len = 0;
-  ul__batch_send(loop, ops, nops);
+  ul__batch_run(loop, ops, nops);
   for (size_t i = 0; i < nops; i++) {
     ul_stream *s = loop->flush[i];
     loop->flush[i] = NULL;
@@ -797,6 +952,12 @@ int ul_stream_resume_reading(ul_stream *s) {
   if (!s->paused)
     return 0;
   s->paused = 0;
+  if (s->held_len > 0 || s->held_eof) {
+    /* held_cb delivers them, then reads on: nothing may overtake them. */
+    if (!s->held_scheduled && ul_loop_call_soon(s->loop, held_cb, s) == 0)
+      s->held_scheduled = 1;
+    return 0;
+  }
   reader_start(s);
   return 0;
 }

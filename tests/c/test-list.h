@@ -196,6 +196,8 @@ TEST_DECLARE(stream_writes_batched_at_iteration_end)
 TEST_DECLARE(stream_batched_write_then_close_or_abort)
 TEST_DECLARE(stream_batched_write_errors)
 TEST_DECLARE(stream_big_write_in_callback_not_deferred)
+TEST_DECLARE(stream_reads_batched)
+TEST_DECLARE(stream_batched_read_paused_by_earlier_callback)
 
 /* test-dgram.c */
 TEST_DECLARE(dgram_udp_echo)
@@ -471,6 +473,8 @@ TASK_LIST_START
   TEST_ENTRY(stream_batched_write_then_close_or_abort)
   TEST_ENTRY(stream_batched_write_errors)
   TEST_ENTRY(stream_big_write_in_callback_not_deferred)
+  TEST_ENTRY(stream_reads_batched)
+  TEST_ENTRY(stream_batched_read_paused_by_earlier_callback)
   /* test-dgram.c */
   TEST_ENTRY(dgram_udp_echo)
   TEST_ENTRY(dgram_udp6_echo)

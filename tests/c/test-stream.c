@@ -1870,3 +1870,154 @@ TEST_IMPL(stream_big_write_in_callback_not_deferred) {
   free(got);
   return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Reads: the sockets one poll reports are read together (batch.c).  A     */
+/* callback may pause or close a stream whose bytes the batch has read     */
+/* already: they are delivered after resume_reading, in order, as asyncio  */
+/* would have read them then.                                              */
+
+struct xs;
+struct xs_slot {
+  struct xs *x;
+  int i;
+};
+
+struct xs {
+  ul_loop *loop;
+  ul_stream *s[NCONN];
+  struct xs_slot slot[NCONN];
+  int peer[NCONN];
+  char got[NCONN][16];
+  size_t got_len[NCONN];
+  int eof[NCONN], lost[NCONN];
+  int pause_others;  /* the first callback pauses every other stream */
+  int paused_by;     /* index of that first stream, or -1 */
+};
+
+static void xs_first(struct xs *x, int me) {
+  if (!x->pause_others || x->paused_by >= 0)
+    return;
+  x->paused_by = me;
+  for (int j = 0; j < NCONN; j++)
+    if (j != me)
+      ASSERT_OK(ul_stream_pause_reading(x->s[j]));
+}
+
+static void xs_data(ul_stream *s, const char *data, size_t len, void *ctx) {
+  struct xs_slot *sl = ctx;
+  struct xs *x = sl->x;
+  ASSERT_PTR_EQ(x->s[sl->i], s);
+  ASSERT_EQ(0, x->eof[sl->i]);
+  ASSERT_LE(x->got_len[sl->i] + len, sizeof x->got[0]);
+  memcpy(x->got[sl->i] + x->got_len[sl->i], data, len);
+  x->got_len[sl->i] += len;
+  xs_first(x, sl->i);
+}
+
+static int xs_eof(ul_stream *s, void *ctx) {
+  struct xs_slot *sl = ctx;
+  (void)s;
+  sl->x->eof[sl->i]++;
+  xs_first(sl->x, sl->i);
+  return 0;
+}
+
+static void xs_lost(ul_stream *s, int err, void *ctx) {
+  struct xs_slot *sl = ctx;
+  (void)s;
+  ASSERT_EQ(0, err);
+  sl->x->lost[sl->i] = 1;
+}
+
+static const ul_stream_protocol xs_proto = {
+    .data_received = xs_data,
+    .eof_received = xs_eof,
+    .connection_lost = xs_lost,
+};
+
+static void xs_open(struct xs *x, int no_io_uring, int pause_others) {
+  memset(x, 0, sizeof *x);
+  x->loop = batch_loop_new(no_io_uring);
+  x->pause_others = pause_others;
+  x->paused_by = -1;
+  for (int i = 0; i < NCONN; i++) {
+    int sv[2];
+    test_socketpair(sv);
+    x->peer[i] = sv[1];
+    x->slot[i] = (struct xs_slot){x, i};
+    ASSERT_OK(ul_stream_open(x->loop, sv[0], &xs_proto, &x->slot[i], &x->s[i]));
+  }
+  ASSERT_OK(ul_loop_run_once(x->loop, 0)); /* connection_made, readers on */
+}
+
+static void xs_close(struct xs *x) {
+  RUN_UNTIL(x->loop, x->lost[0] && x->lost[1] && x->lost[2]);
+  for (int i = 0; i < NCONN; i++)
+    test_close(x->peer[i]);
+  CLOSE_LOOP(x->loop);
+}
+
+/* Every peer sends "d<i>" and shuts its side down. */
+static void xs_peers_send(struct xs *x, int with_data) {
+  for (int i = 0; i < NCONN; i++) {
+    char msg[2] = {'d', (char)('0' + i)};
+    if (with_data)
+      ASSERT_EQ(2, write(x->peer[i], msg, 2));
+    ASSERT_OK(shutdown(x->peer[i], SHUT_WR));
+  }
+}
+
+static void check_batched_reads(int no_io_uring) {
+  struct xs x;
+  xs_open(&x, no_io_uring, 0);
+  xs_peers_send(&x, 1);
+  ASSERT_OK(ul_loop_run_once(x.loop, 1));
+  for (int i = 0; i < NCONN; i++) {
+    char want[2] = {'d', (char)('0' + i)};
+    ASSERT_EQ(2, x.got_len[i]);
+    ASSERT_OK(memcmp(x.got[i], want, 2));
+  }
+  RUN_UNTIL(x.loop, x.eof[0] && x.eof[1] && x.eof[2]);
+  xs_close(&x);
+}
+
+TEST_IMPL(stream_reads_batched) {
+  check_batched_reads(0);
+  check_batched_reads(1);
+  return 0;
+}
+
+static void check_held_reads(int no_io_uring, int with_data) {
+  struct xs x;
+  xs_open(&x, no_io_uring, 1);
+  xs_peers_send(&x, with_data);
+  ASSERT_OK(ul_loop_run_once(x.loop, 1));
+  int first = x.paused_by;
+  ASSERT_GE(first, 0);
+  for (int j = 0; j < NCONN; j++) {
+    if (j == first)
+      continue;
+    /* Read already, but not delivered: the stream is paused. */
+    ASSERT_EQ(0, x.got_len[j]);
+    ASSERT_EQ(0, x.eof[j]);
+    ASSERT_OK(ul_stream_resume_reading(x.s[j]));
+    ASSERT_EQ(0, x.got_len[j]); /* never from inside resume_reading */
+  }
+  RUN_UNTIL(x.loop, x.eof[0] && x.eof[1] && x.eof[2]);
+  for (int i = 0; i < NCONN; i++) {
+    char want[2] = {'d', (char)('0' + i)};
+    ASSERT_EQ(with_data ? 2 : 0, x.got_len[i]);
+    ASSERT_OK(memcmp(x.got[i], want, x.got_len[i]));
+    ASSERT_EQ(1, x.eof[i]);
+  }
+  xs_close(&x);
+}
+
+TEST_IMPL(stream_batched_read_paused_by_earlier_callback) {
+  check_held_reads(0, 1);
+  check_held_reads(1, 1);
+  check_held_reads(0, 0); /* only EOF was read */
+  check_held_reads(1, 0);
+  return 0;
+}
