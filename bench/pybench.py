@@ -399,14 +399,33 @@ def run_echo(loop, api, family, size, warmup, duration, client):
             shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+def pin_cpus():
+    """The two CPUs the server and the client are pinned to, or None.
+
+    Unpinned, the scheduler sometimes runs server and client on one CPU and
+    sometimes on two, and the server's CPU per request moves by up to 1.6x
+    between runs of the same loop.  Pinned, every loop gets the same
+    placement.  PYBENCH_NO_PIN=1 (--no-pin) leaves placement to the
+    scheduler."""
+    if os.environ.get("PYBENCH_NO_PIN") == "1":
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[:2] if len(cpus) >= 2 else None
+
+
 def run_client(loop, cmd, cleanup):
     """Runs the load generator `cmd` (echo_client, udp_client) against the
     server on `loop` and measures this process's CPU time (getrusage) over
     the client's measured window; `cleanup()` runs once the client is done.
     The client's stdout is read by a helper thread that is blocked in read()
-    except at the two window marks.  Returns (figures, the client's result
-    line)."""
+    except at the two window marks.  Server and client run on CPUs of their
+    own (pin_cpus).  Returns (figures, the client's result line)."""
+    pins = pin_cpus()
+    if pins:
+        os.sched_setaffinity(0, {pins[0]})
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if pins:
+        os.sched_setaffinity(proc.pid, {pins[1]})  # before its warm-up ends
     done = loop.create_future()
     marks = {}
 
@@ -764,9 +783,14 @@ def main(argv=None):
     ap.add_argument("--python", help="interpreter for the runs (default: this one)")
     ap.add_argument("--echo-client", help="echo client binary "
                     "(default: bench/build/echo_client, built if missing)")
+    ap.add_argument("--no-pin", action="store_true",
+                    help="do not pin the echo server and its client to CPUs "
+                    "of their own (see pin_cpus)")
     ap.add_argument("--list", action="store_true", help="list the workloads")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.no_pin:
+        os.environ["PYBENCH_NO_PIN"] = "1"  # inherited by the workers
     if args.list:
         for n, w in WORKLOADS.items():
             print("%-26s %-12s %s" % (n, w.metric, "" if w.default else "(extra)"))

@@ -25,8 +25,13 @@
 #include "internal.h"
 
 #define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
-#define READ_SLOT_SIZE (64 * 1024)      /* per socket in a batch of reads */
-#define READ_SLOTS 32                   /* sockets per batch of reads */
+/* A batch of reads gives each socket a slot as big as the lone read's
+ * buffer; only the pages the kernel fills are ever touched. */
+#define READ_SLOT_SIZE READ_BUFFER_SIZE
+#define READ_SLOTS 16                   /* sockets per batch of reads */
+/* Deferring a write copies it (unless it is queued by reference): worth a
+ * system call only for small ones. */
+#define DEFER_COPY_MAX (16 * 1024)
 #define WRITE_IOV 16                    /* buffers per writev from the queue */
 
 /* Bytes queued by reference (ul_stream_write_ref): sent from the caller's
@@ -649,10 +654,10 @@ static void flush_now(ul_stream *s) {
 /* Whether a write of `total` bytes to an idle stream may wait for the end
  * of the iteration: a socket, written from a callback of the running
  * loop, with a write small enough that asyncio would not pause the
- * protocol even if none of it were sent. */
-static int may_defer(const ul_stream *s, size_t total) {
+ * protocol even if none of it were sent, and cheap to keep. */
+static int may_defer(const ul_stream *s, size_t total, int by_ref) {
   return s->loop->in_iteration && s->is_socket && !s->pipe &&
-         total <= s->high;
+         total <= s->high && (by_ref || total <= DEFER_COPY_MAX);
 }
 
 static int flush_enqueue(ul_stream *s) {
@@ -732,7 +737,7 @@ static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
   size_t sent = 0;
   int deferred = 0;
   if (pending(s) == 0) {
-    if (may_defer(s, total) && flush_enqueue(s) == 0) {
+    if (may_defer(s, total, release != NULL) && flush_enqueue(s) == 0) {
       deferred = 1;
     } else {
       /* Straight to the kernel. */

@@ -1252,6 +1252,12 @@ static int Loop_set_debug_attr(LoopObj *self, PyObject *v, void *c) {
   return 0;
 }
 
+/* asyncio's Future and Task ask for it at creation: one per request in a
+ * streams server, so not BaseEventLoop's Python method. */
+static PyObject *Loop_get_debug(LoopObj *self, PyObject *Py_UNUSED(ignored)) {
+  return PyBool_FromLong(self->debug);
+}
+
 static PyObject *Loop_get_stopping(LoopObj *self, void *c) {
   (void)c;
   return PyBool_FromLong(self->stopping);
@@ -1401,6 +1407,7 @@ static PyMethodDef Loop_methods[] = {
     {"call_at", (PyCFunction)(void (*)(void))Loop_call_at,
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"time", (PyCFunction)Loop_time, METH_NOARGS, NULL},
+    {"get_debug", (PyCFunction)Loop_get_debug, METH_NOARGS, NULL},
     {"create_future", (PyCFunction)Loop_create_future, METH_NOARGS, NULL},
     {"create_task", (PyCFunction)(void (*)(void))Loop_create_task,
      METH_FASTCALL | METH_KEYWORDS, NULL},

@@ -143,6 +143,9 @@ PyObject *ulpy_exception_from_errno(int err);
 /* _FlowControlMixin's get_/set_write_buffer_limits on a stream (NULL once
  * the connection is lost). */
 PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream);
+/* ul_stream_write of `view` (a buffer of `data`): an exact bytes object
+ * from 16 KiB on is queued by reference (held until sent), not copied. */
+int ulpy_stream_write(ul_stream *stream, PyObject *data, const Py_buffer *view);
 PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
                                               ul_stream *stream,
                                               PyObject *args, PyObject *kw);

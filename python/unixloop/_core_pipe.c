@@ -22,8 +22,6 @@
 #include <sys/ioctl.h>
 
 #define MAX_READ_SIZE (256 * 1024) /* asyncio's max_size */
-/* bytes objects from this size on are queued by reference, not copied */
-#define WRITE_REF_MIN (16 * 1024)
 
 typedef struct {
   PyObject_HEAD
@@ -379,10 +377,6 @@ static PyObject *Pipe_resume_reading(PipeObj *t,
 
 /* ---- WritePipeTransport ------------------------------------------------------------- */
 
-static void release_bytes(void *arg) {
-  Py_DECREF((PyObject *)arg);
-}
-
 static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
   if (!PyBytes_Check(data) && !PyByteArray_Check(data) &&
       !PyMemoryView_Check(data)) {
@@ -407,18 +401,7 @@ static PyObject *Pipe_write(PipeObj *t, PyObject *data) {
       return NULL;
     Py_RETURN_NONE;
   }
-  int err;
-  if (PyBytes_CheckExact(data) && view.len >= WRITE_REF_MIN) {
-    /* Immutable: what does not fit in the pipe now is sent from the bytes
-     * object itself, which the stream holds until then. */
-    Py_INCREF(data);
-    err = ul_stream_write_ref(t->stream, view.buf, (size_t)view.len,
-                              release_bytes, data);
-    if (err != 1)
-      Py_DECREF(data);
-  } else {
-    err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
-  }
+  int err = ulpy_stream_write(t->stream, data, &view);
   PyBuffer_Release(&view);
   if (err < 0)
     return ulpy_raise_errno(err);

@@ -637,7 +637,7 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
       return NULL;
     Py_RETURN_NONE;
   }
-  int err = ul_stream_write(t->stream, view.buf, (size_t)view.len);
+  int err = ulpy_stream_write(t->stream, data, &view);
   PyBuffer_Release(&view);
   if (err < 0)
     return ulpy_raise_errno(err);
@@ -723,6 +723,26 @@ static PyObject *Transport_get_write_buffer_size(
     TransportObj *t, PyObject *Py_UNUSED(ignored)) {
   return PyLong_FromSize_t(t->stream ? ul_stream_get_write_buffer_size(t->stream)
                                      : 0);
+}
+
+#define WRITE_REF_MIN (16 * 1024)
+
+static void release_bytes(void *arg) {
+  Py_DECREF((PyObject *)arg); /* the loop runs with the GIL held */
+}
+
+int ulpy_stream_write(ul_stream *stream, PyObject *data,
+                      const Py_buffer *view) {
+  if (!PyBytes_CheckExact(data) || view->len < WRITE_REF_MIN)
+    return ul_stream_write(stream, view->buf, (size_t)view->len);
+  /* Immutable: what the kernel does not take now is sent from the bytes
+   * object itself. */
+  Py_INCREF(data);
+  int err = ul_stream_write_ref(stream, view->buf, (size_t)view->len,
+                                release_bytes, data);
+  if (err != 1)
+    Py_DECREF(data);
+  return err < 0 ? err : 0;
 }
 
 PyObject *ulpy_stream_get_write_buffer_limits(ul_stream *stream) {
