@@ -81,6 +81,12 @@ typedef enum ul_backend {
 /* Options for ul_loop_new().  Zero-initialise, then set what you need. */
 typedef struct ul_loop_options {
   ul_backend backend;
+  /* Non-zero: never use io_uring(7).  By default small stream writes made
+   * during an iteration are sent together at its end, with one system call
+   * where the kernel offers io_uring (else one send each); also disabled by
+   * the environment variable UNIXLOOP_IO_URING=0.  The results are the same
+   * either way: this is for measuring and for sandboxes that log its use. */
+  int no_io_uring;
 } ul_loop_options;
 
 /* ------------------------------------------------------------------------ */

@@ -137,9 +137,32 @@ static inline int ul__water_marks(ssize_t high, ssize_t low, size_t dflt,
   return 0;
 }
 
+/* ---- batched socket I/O (batch.c) ---------------------------------------- */
+
+/* One non-blocking recv() or send(MSG_NOSIGNAL) of a batch; `result` is
+ * set to the byte count or -errno (-EAGAIN: nothing to read / no room). */
+typedef struct ul__sockop {
+  int fd;
+  int recv;
+  void *data;
+  size_t len;
+  ssize_t result;
+} ul__sockop;
+
+typedef struct ul__uring ul__uring;
+
+/* Runs the operations, with one system call where io_uring is available. */
+void ul__batch_run(ul_loop *loop, ul__sockop *ops, size_t n);
+void ul__uring_free(ul__uring *r);
+
 /* ---- streams (stream.c) --------------------------------------------------- */
 
 void ul__streams_close_all(ul_loop *loop);
+/* Sends the writes the streams deferred during this iteration. */
+void ul__streams_flush(ul_loop *loop);
+/* Reads the sockets the poll reported readable, together (ul__batch_run),
+ * and hands each its data in the order they were reported. */
+void ul__streams_read(ul_loop *loop);
 
 /* ---- datagram transports (dgram.c) ------------------------------------- */
 
@@ -254,6 +277,19 @@ struct ul_loop {
   ul__signals *signals;  /* NULL until the first signal handler */
   ul_stream *streams;    /* open streams (stream.c) */
   char *read_buf;        /* shared by the streams' reads (stream.c) */
+  int in_iteration;      /* running an iteration's callbacks: small stream
+                            writes are deferred to its end (stream.c) */
+  ul_stream **flush;     /* streams with a deferred write; NULL = removed */
+  size_t flush_len;
+  size_t flush_cap;
+  ul__sockop *flush_ops; /* flush_cap of them, for ul__streams_flush */
+  ul_stream **reads;     /* streams the poll reported readable; NULL =
+                            removed (stream.c) */
+  size_t reads_len;
+  size_t reads_cap;
+  char *read_slots;      /* their receive areas */
+  ul__uring *uring;      /* batch.c: made on demand */
+  int uring_off;         /* io_uring refused or disabled: plain sends */
   ul_server *servers;    /* open servers (net.c) */
   struct ul__connect *connects;  /* connects not yet reported (net.c) */
   ul_dgram *dgrams;      /* open datagram transports (dgram.c) */

@@ -142,6 +142,9 @@ int ul_loop_new(ul_loop **loop_out, const ul_loop_options *options) {
     return -ENOMEM;
   loop->backend = backend;
   loop->wake_fd = -1;
+  const char *uring_env = getenv("UNIXLOOP_IO_URING");
+  loop->uring_off = (options != NULL && options->no_io_uring) ||
+                    (uring_env != NULL && strcmp(uring_env, "0") == 0);
   struct timespec res;
   loop->clock_resolution = clock_getres(CLOCK_MONOTONIC, &res) == 0
                                ? (double)res.tv_sec + (double)res.tv_nsec * 1e-9
@@ -232,6 +235,10 @@ int ul_loop_close(ul_loop *loop) {
   loop->backend->destroy(loop);
   ul__ring_free(&loop->ready);
   ul__ring_free(&loop->ts_spare);
+  ul__uring_free(loop->uring);
+  free(loop->flush);
+  free(loop->flush_ops);
+  free(loop->reads);
   ul__timers_destroy(loop);
   ul__io_destroy(loop);
   pthread_mutex_destroy(&loop->ts_lock);
@@ -345,6 +352,8 @@ static int poll_io(ul_loop *loop, int timeout) {
       ul__collect_threadsafe(loop);
   } else {
     loop->backend->dispatch(loop);
+    if (loop->reads_len > 0)
+      ul__streams_read(loop);
   }
   if (loop->signals != NULL &&
       atomic_load_explicit(&loop->signals->any, memory_order_relaxed))
@@ -354,12 +363,19 @@ static int poll_io(ul_loop *loop, int timeout) {
 
 static int run_iteration(ul_loop *loop, int may_block) {
   ul__timers_prune(loop);
+  loop->in_iteration = 1;
   int err = poll_io(loop, poll_timeout_ms(loop, may_block));
+  if (err >= 0) {
+    if (loop->timers.len > 0)
+      ul__timers_move_due(loop, ul_loop_time(loop) + loop->clock_resolution);
+    run_ready(loop);
+  }
+  loop->in_iteration = 0;
+  /* The writes the callbacks made, in one system call. */
+  if (loop->flush_len > 0)
+    ul__streams_flush(loop);
   if (err < 0)
     return err;
-  if (loop->timers.len > 0)
-    ul__timers_move_due(loop, ul_loop_time(loop) + loop->clock_resolution);
-  run_ready(loop);
 
   err = loop->break_err;
   loop->break_err = 0;

@@ -3,9 +3,12 @@
  *
  * Reads go into one buffer per loop (the data is only valid during
  * data_received), or straight into the protocol's buffer for a buffered
- * protocol.  Writes are tried at once; only what the kernel did not take is
- * copied into the stream's write buffer, which is flushed when the fd is
- * writable.  pause_writing / resume_writing follow the water marks.
+ * protocol.  A write to an idle socket made by a callback of the loop is
+ * copied and sent at the end of the iteration, together with the other
+ * streams' (batch.c: one system call for all); other writes are tried at
+ * once.  What the kernel did not take stays in the stream's write buffer,
+ * which is flushed when the fd is writable.  pause_writing /
+ * resume_writing follow the water marks.
  *
  * Closing is asynchronous: connection_lost always runs from the loop (never
  * from inside a ul_stream_* call), after connection_made, and the stream is
@@ -22,6 +25,8 @@
 #include "internal.h"
 
 #define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
+#define READ_SLOT_SIZE (64 * 1024)      /* per socket in a batch of reads */
+#define READ_SLOTS 32                   /* sockets per batch of reads */
 #define WRITE_IOV 16                    /* buffers per writev from the queue */
 
 /* Bytes queued by reference (ul_stream_write_ref): sent from the caller's
@@ -71,6 +76,16 @@ struct ul_stream {
   unsigned pipe : 1;            /* a pipe transport (pipe.c, UL__STREAM_PIPE_*) */
   unsigned no_hangup_watch : 1; /* write pipe on a character device: no
                                    reader watch for the peer going away */
+  unsigned flush_queued : 1;    /* in loop->flush: sent at the iteration's
+                                   end (ul__streams_flush) */
+  unsigned read_queued : 1;     /* in loop->reads: read with the other
+                                   sockets epoll reported (ul__streams_read) */
+  unsigned held_eof : 1;        /* read EOF while paused: see `held` */
+  unsigned held_scheduled : 1;  /* held_cb is queued */
+  /* Read in a batch, but pause_reading() was called before its delivery:
+   * delivered once reading resumes, as asyncio would have read it then. */
+  char *held;
+  size_t held_len;
   int lost_err;
   struct ul__sendfile *sendfile;  /* a ul_stream_sendfile() running */
 };
@@ -113,7 +128,25 @@ static void queue_drop(ul_stream *s) {
 
 static void reader_start(ul_stream *s);
 
+/* Takes s off the loop's list of deferred writes. */
+static void flush_unqueue(ul_stream *s) {
+  if (!s->flush_queued)
+    return;
+  s->flush_queued = 0;
+  for (size_t i = 0; i < s->loop->flush_len; i++) {
+    if (s->loop->flush[i] == s) {
+      s->loop->flush[i] = NULL;
+      break;
+    }
+  }
+}
+
+static void read_unqueue(ul_stream *s);
+
 static void stream_free(ul_stream *s) {
+  flush_unqueue(s);
+  read_unqueue(s);
+  free(s->held);
   if (s->prev != NULL)
     s->prev->next = s->next;
   else
@@ -155,6 +188,8 @@ void ul__streams_close_all(ul_loop *loop) {
   }
   free(loop->read_buf);
   loop->read_buf = NULL;
+  free(loop->read_slots);
+  loop->read_slots = NULL;
 }
 
 /* Schedules connection_lost once; stops all I/O now. */
@@ -228,16 +263,25 @@ static void on_eof(ul_stream *s) {
     ul_stream_close(s);
 }
 
-static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
-  ul_stream *s = arg;
-  (void)loop;
-  (void)events;
-  if (s->write_only) {
-    /* A write end becomes "readable" only when its reader went away.  A
-     * write pipe, as asyncio's, reports EPIPE only if bytes were lost. */
-    fatal(s, s->pipe && pending(s) == 0 ? 0 : -EPIPE);
+/* Hands what one read returned (bytes, 0 at EOF, or -errno) to the
+ * protocol.  buf is the loop's or, for a buffered protocol, its own. */
+static void read_done(ul_stream *s, char *buf, ssize_t n, int buffered) {
+  if (n < 0) {
+    if (n != -EAGAIN && n != -EWOULDBLOCK)
+      fatal(s, (int)n);
     return;
   }
+  if (n == 0) {
+    on_eof(s);
+    return;
+  }
+  if (buffered)
+    s->proto->buffer_updated(s, (size_t)n, s->ctx);
+  else
+    s->proto->data_received(s, buf, (size_t)n, s->ctx);
+}
+
+static void read_now(ul_stream *s) {
   char *buf;
   size_t cap;
   int buffered = s->proto->get_buffer != NULL &&
@@ -262,21 +306,151 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
    * position lock, fsnotify) for nothing. */
   ssize_t n;
   do
-    n = s->is_socket ? recv(fd, buf, cap, 0) : read(fd, buf, cap);
+    n = s->is_socket ? recv(s->fd, buf, cap, 0) : read(s->fd, buf, cap);
   while (n == -1 && errno == EINTR);
-  if (n == -1) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      fatal(s, -errno);
+  read_done(s, buf, n == -1 ? -errno : n, buffered);
+}
+
+/* ---- reading many sockets in one system call ----------------------------- */
+
+static void read_unqueue(ul_stream *s) {
+  if (!s->read_queued)
+    return;
+  s->read_queued = 0;
+  for (size_t i = 0; i < s->loop->reads_len; i++) {
+    if (s->loop->reads[i] == s) {
+      s->loop->reads[i] = NULL;
+      break;
+    }
+  }
+}
+
+/* A socket with a data_received protocol joins the iteration's batch of
+ * reads (a buffered protocol's get_buffer must run just before its read). */
+static int read_enqueue(ul_stream *s) {
+  ul_loop *loop = s->loop;
+  if (!s->is_socket || s->pipe || (s->proto->get_buffer != NULL &&
+                                   s->proto->buffer_updated != NULL))
+    return -EINVAL;
+  if (loop->reads_len == loop->reads_cap) {
+    size_t cap = loop->reads_cap ? loop->reads_cap * 2 : 64;
+    ul_stream **list = realloc(loop->reads, cap * sizeof *list);
+    if (list == NULL)
+      return -ENOMEM;
+    loop->reads = list;
+    loop->reads_cap = cap;
+  }
+  loop->reads[loop->reads_len++] = s;
+  s->read_queued = 1;
+  return 0;
+}
+
+static void held_cb(ul_loop *loop, void *arg, int status);
+
+/* An earlier callback of the batch paused (or closed) this stream after its
+ * bytes were read: asyncio would not have read them yet.  Keep them for
+ * resume_reading; a closing stream drops them, as its socket would. */
+static void read_hold(ul_stream *s, const char *buf, ssize_t n) {
+  if (s->closing || n == -EAGAIN || n == -EWOULDBLOCK)
+    return;
+  if (n < 0) {
+    fatal(s, (int)n);
     return;
   }
   if (n == 0) {
+    s->held_eof = 1;
+    return;
+  }
+  char *held = realloc(s->held, s->held_len + (size_t)n);
+  if (held == NULL) {
+    fatal(s, -ENOMEM);
+    return;
+  }
+  memcpy(held + s->held_len, buf, (size_t)n);
+  s->held = held;
+  s->held_len += (size_t)n;
+}
+
+/* Delivers what was held, then reads again; from resume_reading. */
+static void held_cb(ul_loop *loop, void *arg, int status) {
+  ul_stream *s = arg;
+  (void)loop;
+  s->held_scheduled = 0;
+  if (status != 0 || s->closing || s->paused)
+    return;
+  char *held = s->held;
+  size_t len = s->held_len;
+  int eof = s->held_eof;
+  s->held = NULL;
+  s->held_len = 0;
+  s->held_eof = 0;
+  if (len > 0)
+    s->proto->data_received(s, held, len, s->ctx);
+  free(held);
+  if (eof && !s->closing) {
     on_eof(s);
     return;
   }
-  if (buffered)
-    s->proto->buffer_updated(s, (size_t)n, s->ctx);
-  else
-    s->proto->data_received(s, buf, (size_t)n, s->ctx);
+  reader_start(s);
+}
+
+static char *loop_read_slots(ul_loop *loop) {
+  if (loop->read_slots == NULL)
+    loop->read_slots = malloc((size_t)READ_SLOTS * READ_SLOT_SIZE);
+  return loop->read_slots;
+}
+
+void ul__streams_read(ul_loop *loop) {
+  ul__sockop ops[READ_SLOTS];
+  ul_stream *batch[READ_SLOTS];
+  char *slots = loop->reads_len > 1 ? loop_read_slots(loop) : NULL;
+  size_t i = 0;
+  while (i < loop->reads_len) {
+    size_t n = 0;
+    for (; i < loop->reads_len && n < READ_SLOTS; i++) {
+      ul_stream *s = loop->reads[i];
+      if (s == NULL)
+        continue;
+      loop->reads[i] = NULL;
+      s->read_queued = 0;
+      if (s->closing || s->paused || !s->reader_on)
+        continue; /* changed by a callback since epoll reported it */
+      if (slots == NULL) {
+        read_now(s); /* one socket (or no memory for slots) */
+        continue;
+      }
+      batch[n] = s;
+      ops[n] = (ul__sockop){.fd = s->fd, .recv = 1,
+                            .data = slots + n * READ_SLOT_SIZE,
+                            .len = READ_SLOT_SIZE};
+      n++;
+    }
+    ul__batch_run(loop, ops, n);
+    for (size_t k = 0; k < n; k++) {
+      ul_stream *s = batch[k];
+      if (s->closing || s->paused || s->held_len > 0 || s->held_eof)
+        read_hold(s, ops[k].data, ops[k].result);
+      else
+        read_done(s, ops[k].data, ops[k].result, 0);
+    }
+  }
+  loop->reads_len = 0;
+}
+
+static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
+  ul_stream *s = arg;
+  (void)loop;
+  (void)events;
+  (void)fd;
+  if (s->write_only) {
+    /* A write end becomes "readable" only when its reader went away.  A
+     * write pipe, as asyncio's, reports EPIPE only if bytes were lost. */
+    fatal(s, s->pipe && pending(s) == 0 ? 0 : -EPIPE);
+    return;
+  }
+  if (s->read_queued || read_enqueue(s) == 0)
+    return;
+  read_now(s);
 }
 
 static void reader_start(ul_stream *s) {
@@ -374,42 +548,54 @@ static ssize_t stream_writev(ul_stream *s, const struct iovec *iov,
   return n;
 }
 
-static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
-  ul_stream *s = arg;
-  (void)loop;
-  (void)events;
-  (void)fd;
-  if (pending(s) == 0) {
-    /* A pipe drained at the last call, nothing queued since: stop. */
-    ul_loop_remove_writer(s->loop, s->fd);
-    s->writer_on = 0;
+static void write_ready(ul_loop *loop, int fd, int events, void *arg);
+
+static void arm_writer(ul_stream *s) {
+  if (s->writer_on)
+    return;
+  if (ul_loop_add_writer(s->loop, s->fd, write_ready, s) != 0) {
+    fatal(s, -EBADF);
     return;
   }
-  struct iovec iov[WRITE_IOV];
+  s->writer_on = 1;
+}
+
+/* The front of the write queue as an iovec array; returns the count. */
+static int queue_iov(const ul_stream *s, struct iovec *iov) {
   int cnt = 0;
-  wref *r = s->refs;
+  const wref *r = s->refs;
   for (; r != NULL && cnt < WRITE_IOV; r = r->next)
     iov[cnt++] = (struct iovec){.iov_base = (void *)r->data,
                                 .iov_len = r->len};
   if (r == NULL && cnt < WRITE_IOV && wbuf_pending(s) > 0)
     iov[cnt++] = (struct iovec){.iov_base = s->wbuf + s->woff,
                                 .iov_len = wbuf_pending(s)};
-  ssize_t n = stream_writev(s, iov, cnt);
-  if (n == -1) {
-    if (errno != EAGAIN && errno != EWOULDBLOCK)
-      fatal(s, -errno);
+  return cnt;
+}
+
+/* A write of the queue's front returned `result` (bytes or -errno). */
+static void write_done(ul_stream *s, ssize_t result) {
+  if (result < 0) {
+    if (result == -EAGAIN || result == -EWOULDBLOCK)
+      arm_writer(s);
+    else
+      fatal(s, (int)result);
     return;
   }
-  queue_consume(s, (size_t)n);
+  queue_consume(s, (size_t)result);
   maybe_resume_protocol(s);
-  if (s->lost_scheduled || pending(s) > 0)
-    return; /* resume_writing may have aborted the stream */
+  if (s->lost_scheduled)
+    return; /* resume_writing aborted the stream */
+  if (pending(s) > 0) {
+    arm_writer(s);
+    return;
+  }
   /* Drained.  A pipe's writer stays registered until a writable event
    * finds the queue still empty: a program that writes again at once (the
    * next chunk of a bulk transfer) then costs no epoll_ctl.  A socket's is
    * removed now: once drained its fd may be written by others (asyncio's
    * sendfile adds its own writer). */
-  if (!s->pipe) {
+  if (!s->pipe && s->writer_on) {
     ul_loop_remove_writer(s->loop, s->fd);
     s->writer_on = 0;
   }
@@ -427,6 +613,103 @@ static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
     s->proto->write_drained(s, s->ctx);
 }
 
+/* Writes the front of the queue now. */
+static void write_queue(ul_stream *s) {
+  struct iovec iov[WRITE_IOV];
+  int cnt = queue_iov(s, iov);
+  ssize_t n = stream_writev(s, iov, cnt);
+  write_done(s, n == -1 ? -errno : n);
+}
+
+static void write_ready(ul_loop *loop, int fd, int events, void *arg) {
+  ul_stream *s = arg;
+  (void)loop;
+  (void)events;
+  (void)fd;
+  if (pending(s) == 0) {
+    /* A pipe drained at the last call, nothing queued since: stop. */
+    ul_loop_remove_writer(s->loop, s->fd);
+    s->writer_on = 0;
+    return;
+  }
+  write_queue(s);
+}
+
+/* A deferred write is sent at once after all, as asyncio would have sent
+ * it at write(): before an abort drops the queue, and before more writes
+ * or new water marks could make the buffer look full. */
+static void flush_now(ul_stream *s) {
+  if (!s->flush_queued)
+    return;
+  flush_unqueue(s);
+  if (pending(s) > 0 && !s->lost_scheduled)
+    write_queue(s);
+}
+
+/* Whether a write of `total` bytes to an idle stream may wait for the end
+ * of the iteration: a socket, written from a callback of the running
+ * loop, with a write small enough that asyncio would not pause the
+ * protocol even if none of it were sent. */
+static int may_defer(const ul_stream *s, size_t total) {
+  return s->loop->in_iteration && s->is_socket && !s->pipe &&
+         total <= s->high;
+}
+
+static int flush_enqueue(ul_stream *s) {
+  ul_loop *loop = s->loop;
+  if (loop->flush_len == loop->flush_cap) {
+    size_t cap = loop->flush_cap ? loop->flush_cap * 2 : 64;
+    ul_stream **list = realloc(loop->flush, cap * sizeof *list);
+    if (list == NULL)
+      return -ENOMEM;
+    loop->flush = list;
+    ul__sockop *ops = realloc(loop->flush_ops, cap * sizeof *ops);
+    if (ops == NULL)
+      return -ENOMEM;
+    loop->flush_ops = ops;
+    loop->flush_cap = cap;
+  }
+  loop->flush[loop->flush_len++] = s;
+  s->flush_queued = 1;
+  return 0;
+}
+
+void ul__streams_flush(ul_loop *loop) {
+  size_t nops = 0;
+  ul__sockop *ops = loop->flush_ops;
+  /* Streams whose queue is one buffer (nearly all) go in the batch; any
+   * other is written on its own first.  Callbacks run by those writes make
+   * no deferred writes: the iteration is over. */
+  for (size_t i = 0; i < loop->flush_len; i++) {
+    ul_stream *s = loop->flush[i];
+    if (s == NULL)
+      continue;
+    s->flush_queued = 0;
+    loop->flush[i] = NULL;
+    if (pending(s) == 0 || s->lost_scheduled)
+      continue;
+    struct iovec iov[WRITE_IOV];
+    if (queue_iov(s, iov) != 1) {
+      write_queue(s);
+      continue;
+    }
+    loop->flush[nops] = s; /* i >= nops: already visited */
+    ops[nops++] = (ul__sockop){.fd = s->fd, .data = iov[0].iov_base,
+                               .len = iov[0].iov_len};
+  }
+  loop->flush_len = 0;
+  ul__batch_run(loop, ops, nops);
+  for (size_t i = 0; i < nops; i++) {
+    ul_stream *s = loop->flush[i];
+    loop->flush[i] = NULL;
+    /* An earlier stream's callbacks may have aborted this one since. */
+    if (s == NULL || s->lost_scheduled || pending(s) == 0)
+      continue;
+    ssize_t n = ops[i].result;
+    write_done(s, n > (ssize_t)pending(s) ? (ssize_t)pending(s) : n);
+  }
+}
+
 /* ul_stream_writev, and ul_stream_write_ref when `release` is set (one
  * buffer): returns 1 if the rest was queued by reference. */
 static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
@@ -440,21 +723,31 @@ static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
     total += iov[i].iov_len;
   if (total == 0)
     return 0;
+  if (s->flush_queued && pending(s) + total > s->high) {
+    flush_now(s);
+    if (s->closing)
+      return 0; /* the write failed: reported through connection_lost */
+  }
 
   size_t sent = 0;
+  int deferred = 0;
   if (pending(s) == 0) {
-    /* Nothing queued: straight to the kernel. */
-    ssize_t n = stream_writev(s, iov, iovcnt);
-    if (n == -1) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK) {
-        fatal(s, -errno);
-        return 0; /* reported through connection_lost */
+    if (may_defer(s, total) && flush_enqueue(s) == 0) {
+      deferred = 1;
+    } else {
+      /* Straight to the kernel. */
+      ssize_t n = stream_writev(s, iov, iovcnt);
+      if (n == -1) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK) {
+          fatal(s, -errno);
+          return 0; /* reported through connection_lost */
+        }
+        n = 0;
       }
-      n = 0;
+      sent = (size_t)n;
+      if (sent == total)
+        return 0;
     }
-    sent = (size_t)n;
-    if (sent == total)
-      return 0;
   }
   int kept = 0;
   wref *r = release != NULL && wbuf_pending(s) == 0 ? malloc(sizeof *r) : NULL;
@@ -480,16 +773,17 @@ static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
     }
     int err = wbuf_append(s, (const char *)iov[i].iov_base + skip,
                           len - skip);
-    if (err)
+    if (err) {
+      if (deferred && pending(s) == 0)
+        flush_unqueue(s);
       return err;
+    }
     skip = 0;
   }
-  if (!s->writer_on) {
-    if (ul_loop_add_writer(s->loop, s->fd, write_ready, s) != 0) {
-      fatal(s, -EBADF); /* releases a kept reference */
-      return kept;
-    }
-    s->writer_on = 1;
+  if (!s->flush_queued) {
+    arm_writer(s);
+    if (s->closing)
+      return kept; /* fatal() released a kept reference */
   }
   maybe_pause_protocol(s);
   return kept;
@@ -625,7 +919,9 @@ int ul_stream_abort(ul_stream *s) {
     return -EINVAL;
   if (s->lost_scheduled)
     return 0; /* connection_lost is coming (or running) already */
-  fatal(s, 0);
+  flush_now(s);
+  if (!s->lost_scheduled)
+    fatal(s, 0);
   return 0;
 }
 
@@ -656,6 +952,12 @@ int ul_stream_resume_reading(ul_stream *s) {
   if (!s->paused)
     return 0;
   s->paused = 0;
+  if (s->held_len > 0 || s->held_eof) {
+    /* held_cb delivers them, then reads on: nothing may overtake them. */
+    if (!s->held_scheduled && ul_loop_call_soon(s->loop, held_cb, s) == 0)
+      s->held_scheduled = 1;
+    return 0;
+  }
   reader_start(s);
   return 0;
 }
@@ -681,6 +983,8 @@ int ul_stream_set_write_buffer_limits(ul_stream *s, ssize_t high,
                             &s->low);
   if (err)
     return err;
+  if (pending(s) > s->high)
+    flush_now(s);
   maybe_pause_protocol(s);
   return 0;
 }

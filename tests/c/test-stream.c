@@ -1658,3 +1658,366 @@ TEST_IMPL(stream_first_queued_write_no_ub) {
   conn_free(&c);
   return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Writes made by callbacks: sent together at the end of the iteration     */
+/* (batch.c), with io_uring and without; the results must be the same.     */
+
+#define NCONN 3
+
+struct batch {
+  ul_loop *loop;
+  struct conn c[NCONN];
+  int peer[NCONN];
+  int close_one, abort_one; /* close c[1] / abort c[2] after writing */
+  int unchecked[NCONN];      /* its peer is shut down or has bytes queued */
+  int ran;
+};
+
+static ul_loop *batch_loop_new(int no_io_uring) {
+  ul_loop_options opts;
+  memset(&opts, 0, sizeof opts);
+  opts.no_io_uring = no_io_uring;
+  ul_loop *loop = NULL;
+  ASSERT_OK(ul_loop_new(&loop, &opts));
+  return loop;
+}
+
+static void batch_open(struct batch *b, int no_io_uring) {
+  memset(b, 0, sizeof *b);
+  b->loop = batch_loop_new(no_io_uring);
+  for (int i = 0; i < NCONN; i++) {
+    int sv[2];
+    conn_init(&b->c[i], b->loop);
+    test_socketpair(sv);
+    b->peer[i] = sv[1];
+    conn_open(&b->c[i], sv[0], &proto);
+  }
+  RUN_UNTIL(b->loop, b->c[0].made && b->c[1].made && b->c[2].made);
+}
+
+static void batch_close(struct batch *b) {
+  for (int i = 0; i < NCONN; i++)
+    if (!b->c[i].lost)
+      ASSERT_OK(ul_stream_abort(b->c[i].s));
+  RUN_UNTIL(b->loop, b->c[0].lost && b->c[1].lost && b->c[2].lost);
+  for (int i = 0; i < NCONN; i++) {
+    test_close(b->peer[i]);
+    conn_free(&b->c[i]);
+  }
+  CLOSE_LOOP(b->loop);
+}
+
+/* Each stream gets "m<i>" and "+" in one callback: nothing reaches its
+ * peer until the callback returns, except what abort() sends first. */
+static void batch_write_cb(ul_loop *loop, void *arg, int status) {
+  struct batch *b = arg;
+  char buf[16];
+  (void)loop;
+  ASSERT_EQ(0, status);
+  for (int i = 0; i < NCONN; i++) {
+    char msg[3] = {'m', (char)('0' + i), '\0'};
+    ASSERT_OK(ul_stream_write(b->c[i].s, msg, 2));
+    ASSERT_OK(ul_stream_write(b->c[i].s, "+", 1));
+    ASSERT_EQ(3, ul_stream_get_write_buffer_size(b->c[i].s));
+    if (b->unchecked[i])
+      continue;
+    ASSERT_EQ(-1, read(b->peer[i], buf, sizeof buf));
+    ASSERT_EQ(EAGAIN, errno);
+  }
+  if (b->close_one)
+    ASSERT_OK(ul_stream_close(b->c[1].s));
+  if (b->abort_one) {
+    /* asyncio would have sent it at write(): abort drops nothing sent. */
+    ASSERT_OK(ul_stream_abort(b->c[2].s));
+    ASSERT_EQ(0, ul_stream_get_write_buffer_size(b->c[2].s));
+    ASSERT_EQ(3, read_now(b->peer[2], buf, sizeof buf));
+    ASSERT_OK(memcmp(buf, "m2+", 3));
+  }
+  b->ran = 1;
+}
+
+static void check_batched_writes(int no_io_uring) {
+  struct batch b;
+  char buf[16];
+  batch_open(&b, no_io_uring);
+  ASSERT_OK(ul_loop_call_soon(b.loop, batch_write_cb, &b));
+  ASSERT_OK(ul_loop_run_once(b.loop, 0));
+  ASSERT_EQ(1, b.ran);
+  for (int i = 0; i < NCONN; i++) {
+    char want[4] = {'m', (char)('0' + i), '+', '\0'};
+    ASSERT_EQ(0, ul_stream_get_write_buffer_size(b.c[i].s));
+    ASSERT_EQ(3, read_now(b.peer[i], buf, sizeof buf));
+    ASSERT_OK(memcmp(buf, want, 3));
+    ASSERT_STR_EQ("M", b.c[i].trace);
+  }
+  batch_close(&b);
+}
+
+TEST_IMPL(stream_writes_batched_at_iteration_end) {
+  check_batched_writes(0);
+  check_batched_writes(1);
+  return 0;
+}
+
+static void check_batched_close_abort(int no_io_uring) {
+  struct batch b;
+  char buf[16];
+  batch_open(&b, no_io_uring);
+  b.close_one = 1;
+  b.abort_one = 1;
+  ASSERT_OK(ul_loop_call_soon(b.loop, batch_write_cb, &b));
+  RUN_UNTIL(b.loop, b.c[1].lost && b.c[2].lost);
+  /* close() flushed first, then connection_lost(0); the peer sees EOF. */
+  ASSERT_STR_EQ("ML", b.c[1].trace);
+  ASSERT_EQ(0, b.c[1].lost_err);
+  ASSERT_EQ(3, read_now(b.peer[1], buf, sizeof buf));
+  ASSERT_OK(memcmp(buf, "m1+", 3));
+  ASSERT_EQ(0, read_now(b.peer[1], buf, sizeof buf));
+  ASSERT_STR_EQ("ML", b.c[2].trace);
+  ASSERT_EQ(0, b.c[2].lost_err);
+  ASSERT_EQ(0, read_now(b.peer[2], buf, sizeof buf));
+  /* The stream left alone is unaffected. */
+  ASSERT_EQ(3, read_now(b.peer[0], buf, sizeof buf));
+  ASSERT_OK(memcmp(buf, "m0+", 3));
+  batch_close(&b);
+}
+
+TEST_IMPL(stream_batched_write_then_close_or_abort) {
+  check_batched_close_abort(0);
+  check_batched_close_abort(1);
+  return 0;
+}
+
+/* A peer that is gone: the batched send fails with EPIPE, reported through
+ * connection_lost; a full socket buffer: the bytes wait for writability. */
+static void check_batched_errors(int no_io_uring) {
+  struct batch b;
+  struct peer pr;
+  batch_open(&b, no_io_uring);
+  ASSERT_OK(shutdown(b.peer[0], SHUT_RD)); /* sends to it fail: EPIPE */
+  b.unchecked[0] = 1;
+  size_t filled = fill_until_full(ul_stream_fileno(b.c[1].s));
+  b.unchecked[1] = 1;
+  ASSERT_OK(ul_loop_call_soon(b.loop, batch_write_cb, &b));
+  ASSERT_OK(ul_loop_run_once(b.loop, 0));
+  RUN_UNTIL(b.loop, b.c[0].lost);
+  ASSERT_EQ(-EPIPE, b.c[0].lost_err);
+  ASSERT_STR_EQ("ML", b.c[0].trace);
+  ASSERT_EQ(3, ul_stream_get_write_buffer_size(b.c[1].s));
+  /* The peer drains the socket: everything arrives, in order. */
+  peer_init(&pr, b.loop, b.peer[1]);
+  peer_start_reading(&pr);
+  RUN_UNTIL(b.loop, pr.len == filled + 3);
+  ASSERT_OK(memcmp(pr.buf + filled, "m1+", 3));
+  ASSERT_EQ(0, ul_stream_get_write_buffer_size(b.c[1].s));
+  ASSERT_EQ(1, ul_loop_remove_reader(b.loop, b.peer[1]));
+  free(pr.buf);
+  batch_close(&b);
+}
+
+TEST_IMPL(stream_batched_write_errors) {
+  check_batched_errors(0);
+  check_batched_errors(1);
+  return 0;
+}
+
+/* A write that could fill the buffer is not deferred (asyncio would not
+ * pause the protocol for bytes the kernel takes at once); one that would
+ * join a deferred one past the high-water mark sends that one first. */
+static void big_write_cb(ul_loop *loop, void *arg, int status) {
+  struct conn *c = arg;
+  size_t len = UL_STREAM_HIGH_WATER + 1;
+  char *data = pattern_new(len + 10);
+  (void)loop;
+  ASSERT_EQ(0, status);
+  ASSERT_OK(ul_stream_write(c->s, data, 10));
+  ASSERT_EQ(10, ul_stream_get_write_buffer_size(c->s));
+  ASSERT_OK(ul_stream_write(c->s, data + 10, len));
+  ASSERT_EQ(0, ul_stream_get_write_buffer_size(c->s));
+  ASSERT_EQ(0, c->pauses);
+  free(data);
+}
+
+TEST_IMPL(stream_big_write_in_callback_not_deferred) {
+  ul_loop *loop = test_loop_new();
+  struct conn c;
+  int sv[2];
+  size_t len = UL_STREAM_HIGH_WATER + 1;
+  char *got = malloc(len + 10);
+
+  ASSERT_NOT_NULL(got);
+  conn_init(&c, loop);
+  test_socketpair(sv);
+  /* Room for both writes at once. */
+  int size = 1 << 20;
+  ASSERT_OK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &size, sizeof size));
+  ASSERT_OK(setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &size, sizeof size));
+  conn_open(&c, sv[0], &proto);
+  RUN_UNTIL(loop, c.made);
+  ASSERT_OK(ul_loop_call_soon(loop, big_write_cb, &c));
+  ASSERT_OK(ul_loop_run_once(loop, 0));
+  size_t n = 0;
+  while (n < len + 10)
+    n += read_now(sv[1], got + n, len + 10 - n);
+  check_pattern(got, len + 10);
+  ASSERT_STR_EQ("M", c.trace);
+  ASSERT_OK(ul_stream_abort(c.s));
+  RUN_UNTIL(loop, c.lost);
+  test_close(sv[1]);
+  CLOSE_LOOP(loop);
+  conn_free(&c);
+  free(got);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reads: the sockets one poll reports are read together (batch.c).  A     */
+/* callback may pause or close a stream whose bytes the batch has read     */
+/* already: they are delivered after resume_reading, in order, as asyncio  */
+/* would have read them then.                                              */
+
+struct xs;
+struct xs_slot {
+  struct xs *x;
+  int i;
+};
+
+struct xs {
+  ul_loop *loop;
+  ul_stream *s[NCONN];
+  struct xs_slot slot[NCONN];
+  int peer[NCONN];
+  char got[NCONN][16];
+  size_t got_len[NCONN];
+  int eof[NCONN], lost[NCONN];
+  int pause_others;  /* the first callback pauses every other stream */
+  int paused_by;     /* index of that first stream, or -1 */
+};
+
+static void xs_first(struct xs *x, int me) {
+  if (!x->pause_others || x->paused_by >= 0)
+    return;
+  x->paused_by = me;
+  for (int j = 0; j < NCONN; j++)
+    if (j != me)
+      ASSERT_OK(ul_stream_pause_reading(x->s[j]));
+}
+
+static void xs_data(ul_stream *s, const char *data, size_t len, void *ctx) {
+  struct xs_slot *sl = ctx;
+  struct xs *x = sl->x;
+  ASSERT_PTR_EQ(x->s[sl->i], s);
+  ASSERT_EQ(0, x->eof[sl->i]);
+  ASSERT_LE(x->got_len[sl->i] + len, sizeof x->got[0]);
+  memcpy(x->got[sl->i] + x->got_len[sl->i], data, len);
+  x->got_len[sl->i] += len;
+  xs_first(x, sl->i);
+}
+
+static int xs_eof(ul_stream *s, void *ctx) {
+  struct xs_slot *sl = ctx;
+  (void)s;
+  sl->x->eof[sl->i]++;
+  xs_first(sl->x, sl->i);
+  return 0;
+}
+
+static void xs_lost(ul_stream *s, int err, void *ctx) {
+  struct xs_slot *sl = ctx;
+  (void)s;
+  ASSERT_EQ(0, err);
+  sl->x->lost[sl->i] = 1;
+}
+
+static const ul_stream_protocol xs_proto = {
+    .data_received = xs_data,
+    .eof_received = xs_eof,
+    .connection_lost = xs_lost,
+};
+
+static void xs_open(struct xs *x, int no_io_uring, int pause_others) {
+  memset(x, 0, sizeof *x);
+  x->loop = batch_loop_new(no_io_uring);
+  x->pause_others = pause_others;
+  x->paused_by = -1;
+  for (int i = 0; i < NCONN; i++) {
+    int sv[2];
+    test_socketpair(sv);
+    x->peer[i] = sv[1];
+    x->slot[i] = (struct xs_slot){x, i};
+    ASSERT_OK(ul_stream_open(x->loop, sv[0], &xs_proto, &x->slot[i], &x->s[i]));
+  }
+  ASSERT_OK(ul_loop_run_once(x->loop, 0)); /* connection_made, readers on */
+}
+
+static void xs_close(struct xs *x) {
+  RUN_UNTIL(x->loop, x->lost[0] && x->lost[1] && x->lost[2]);
+  for (int i = 0; i < NCONN; i++)
+    test_close(x->peer[i]);
+  CLOSE_LOOP(x->loop);
+}
+
+/* Every peer sends "d<i>" and shuts its side down. */
+static void xs_peers_send(struct xs *x, int with_data) {
+  for (int i = 0; i < NCONN; i++) {
+    char msg[2] = {'d', (char)('0' + i)};
+    if (with_data)
+      ASSERT_EQ(2, write(x->peer[i], msg, 2));
+    ASSERT_OK(shutdown(x->peer[i], SHUT_WR));
+  }
+}
+
+static void check_batched_reads(int no_io_uring) {
+  struct xs x;
+  xs_open(&x, no_io_uring, 0);
+  xs_peers_send(&x, 1);
+  ASSERT_OK(ul_loop_run_once(x.loop, 1));
+  for (int i = 0; i < NCONN; i++) {
+    char want[2] = {'d', (char)('0' + i)};
+    ASSERT_EQ(2, x.got_len[i]);
+    ASSERT_OK(memcmp(x.got[i], want, 2));
+  }
+  RUN_UNTIL(x.loop, x.eof[0] && x.eof[1] && x.eof[2]);
+  xs_close(&x);
+}
+
+TEST_IMPL(stream_reads_batched) {
+  check_batched_reads(0);
+  check_batched_reads(1);
+  return 0;
+}
+
+static void check_held_reads(int no_io_uring, int with_data) {
+  struct xs x;
+  xs_open(&x, no_io_uring, 1);
+  xs_peers_send(&x, with_data);
+  ASSERT_OK(ul_loop_run_once(x.loop, 1));
+  int first = x.paused_by;
+  ASSERT_GE(first, 0);
+  for (int j = 0; j < NCONN; j++) {
+    if (j == first)
+      continue;
+    /* Read already, but not delivered: the stream is paused. */
+    ASSERT_EQ(0, x.got_len[j]);
+    ASSERT_EQ(0, x.eof[j]);
+    ASSERT_OK(ul_stream_resume_reading(x.s[j]));
+    ASSERT_EQ(0, x.got_len[j]); /* never from inside resume_reading */
+  }
+  RUN_UNTIL(x.loop, x.eof[0] && x.eof[1] && x.eof[2]);
+  for (int i = 0; i < NCONN; i++) {
+    char want[2] = {'d', (char)('0' + i)};
+    ASSERT_EQ(with_data ? 2 : 0, x.got_len[i]);
+    ASSERT_OK(memcmp(x.got[i], want, x.got_len[i]));
+    ASSERT_EQ(1, x.eof[i]);
+  }
+  xs_close(&x);
+}
+
+TEST_IMPL(stream_batched_read_paused_by_earlier_callback) {
+  check_held_reads(0, 1);
+  check_held_reads(1, 1);
+  check_held_reads(0, 0); /* only EOF was read */
+  check_held_reads(1, 0);
+  return 0;
+}
