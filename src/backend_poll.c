@@ -4,6 +4,7 @@
  * A dense pollfd array plus an fd -> slot map, so that adding and removing a
  * watcher is O(1) (removal moves the last slot into the hole).
  */
+#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,11 +40,11 @@ static void poll_destroy(ul_loop *loop) {
   loop->backend_data = NULL;
 }
 
-/* poll() watches anything: regular files simply always report ready. */
+/* poll() watches anything (regular files simply always report ready) but
+ * says nothing about a closed fd until it is polled: ask now. */
 static int poll_check_fd(ul_loop *loop, int fd) {
   (void)loop;
-  (void)fd;
-  return 0;
+  return fcntl(fd, F_GETFD) == -1 ? -EBADF : 0;
 }
 
 static int reserve(poll_state *st, int fd) {

@@ -214,6 +214,15 @@ int ul__pidfd_open(pid_t pid);
  * -ECANCELED and are freed; their children are reaped later. */
 void ul__processes_close_all(ul_loop *loop);
 
+/* What the loop's SIGCHLD handler does (safe, fast, multi watchers). */
+void ul__process_sigchld(ul_loop *loop);
+
+/* Tests only; NULL otherwise.  Called by ul_process_spawn once the child
+ * exists and before it is watched, so that a test can make "the child
+ * exited and another loop reaped it meanwhile" happen every time (the
+ * fast watcher's zombies) instead of by chance. */
+extern void (*ul__spawn_test_hook)(ul_loop *loop, pid_t pid);
+
 /* ---- backends (backend_epoll.c, backend_poll.c) ------------------------- */
 
 typedef struct ul__backend {

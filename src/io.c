@@ -44,17 +44,18 @@ static int io_add(ul_loop *loop, int fd, unsigned dir, ul_io_cb cb,
                   void *arg) {
   if (loop == NULL || cb == NULL)
     return -EINVAL;
-  if (fd < 0 || fcntl(fd, F_GETFD) == -1)
+  /* A closed fd is -EBADF, one the backend cannot watch its own error:
+   * epoll_ctl says both itself, poll() needs asking.  The table grows only
+   * for an fd that is open. */
+  if (fd < 0 || (fd >= loop->io_cap && fcntl(fd, F_GETFD) == -1))
     return -EBADF;
-  int err = io_reserve(loop, fd);
+  int err = loop->backend->check_fd(loop, fd);
+  if (err)
+    return err;
+  err = io_reserve(loop, fd);
   if (err)
     return err;
   ul__io *w = &loop->io[fd];
-  if (w->events == 0) {
-    err = loop->backend->check_fd(loop, fd);
-    if (err)
-      return err;
-  }
   ul__io saved = *w;
   unsigned was = w->events;
   if (dir == UL_READABLE) {

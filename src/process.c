@@ -448,15 +448,19 @@ static void reap_safe(ul_loop *loop) {
   }
 }
 
-static void on_sigchld(ul_loop *loop, int signum, void *arg) {
-  (void)signum;
-  (void)arg;
+void ul__process_sigchld(ul_loop *loop) {
   reap_safe(loop);
   pthread_mutex_lock(&reg_lock);
   if (loop->child_watcher == UL_WATCHER_FAST)
     reap_any(loop);
   reap_multi(loop);
   pthread_mutex_unlock(&reg_lock);
+}
+
+static void on_sigchld(ul_loop *loop, int signum, void *arg) {
+  (void)signum;
+  (void)arg;
+  ul__process_sigchld(loop);
 }
 
 /* ---- thread ---------------------------------------------------------------- */
@@ -620,6 +624,8 @@ static int uses_lock(int watcher) {
          watcher == UL_WATCHER_THREAD;
 }
 
+void (*ul__spawn_test_hook)(ul_loop *loop, pid_t pid);
+
 /* A fast watcher's spawn ends: unclaimed zombies are reported, as the
  * seed's FastChildWatcher.__exit__ does.  With reg_lock. */
 static void fork_done(ul_loop *loop) {
@@ -664,6 +670,8 @@ int ul_process_spawn(ul_loop *loop, const ul_spawn_options *options,
   if (err == 0) {
     p->pid = r.pid;
     p->pidfd = r.pidfd;
+    if (ul__spawn_test_hook != NULL)
+      ul__spawn_test_hook(loop, r.pid);
     if (uses_lock(p->watcher))
       pthread_mutex_lock(&reg_lock);
     err = start_watching(p);

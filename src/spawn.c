@@ -76,7 +76,6 @@ struct child {
   int stderr_to_stdout;
   int *pass_fds;             /* sorted */
   size_t npass_fds;
-  int max_fd;                /* close_fds fallback without close_range */
   sigset_t parent_mask;
   volatile int err;          /* positive errno */
   volatile int step;         /* ul_spawn_step */
@@ -88,10 +87,94 @@ static int child_fail(struct child *c, int step, int err) {
   _exit(127);
 }
 
+/* Parses 16 hex digits (a "SigCgt:\t..." field of /proc/<pid>/status).
+ * Returns 0 and *v, or -1. */
+static int parse_sigmask(const char *p, const char *end, uint64_t *v) {
+  uint64_t x = 0;
+  int n = 0;
+  for (; p < end && n < 16; p++, n++) {
+    char ch = *p;
+    unsigned d;
+    if (ch >= '0' && ch <= '9')
+      d = (unsigned)(ch - '0');
+    else if (ch >= 'a' && ch <= 'f')
+      d = (unsigned)(ch - 'a' + 10);
+    else
+      return -1;
+    x = x << 4 | d;
+  }
+  if (n != 16)
+    return -1;
+  *v = x;
+  return 0;
+}
+
+/* Finds "\n<name>\t" in buf[0..len) and parses the mask after it. */
+static int find_sigmask(const char *buf, size_t len, const char *name,
+                        uint64_t *v) {
+  size_t nlen = 0;
+  while (name[nlen] != '\0')
+    nlen++;
+  for (size_t i = 0; i + nlen + 2 <= len; i++) {
+    if (buf[i] != '\n')
+      continue;
+    size_t k = 0;
+    while (k < nlen && buf[i + 1 + k] == name[k])
+      k++;
+    if (k == nlen && buf[i + 1 + nlen] == '\t')
+      return parse_sigmask(buf + i + 2 + nlen, buf + len, v);
+  }
+  return -1;
+}
+
+/* The child's own dispositions (a copy of the parent's, taken by clone):
+ * which signals have a handler, which are ignored.  One read of
+ * /proc/self/status costs less than a query per signal (64 syscalls);
+ * -1 when /proc cannot tell (not mounted, another pid namespace). */
+static int child_sigmasks(uint64_t *caught, uint64_t *ignored) {
+  char buf[4096];
+  int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return -1;
+  size_t len = 0;
+  int found = -1;
+  while (len < sizeof buf) {  /* procfs gives it all in one read */
+    ssize_t n = read(fd, buf + len, sizeof buf - len);
+    if (n == -1 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    len += (size_t)n;
+    if (find_sigmask(buf, len, "SigIgn:", ignored) == 0 &&
+        find_sigmask(buf, len, "SigCgt:", caught) == 0) {
+      found = 0;
+      break;
+    }
+  }
+  close(fd);
+  return found;
+}
+
 static void child_reset_signals(const struct child *c) {
   struct kernel_sigaction dfl;
   memset(&dfl, 0, sizeof dfl);
   dfl.handler = SIG_DFL;
+  int restore = (c->opt->flags & UL_SPAWN_RESTORE_SIGNALS) != 0;
+  uint64_t caught, ignored;
+  if (child_sigmasks(&caught, &ignored) == 0) {
+    if (restore)
+      caught |= ignored & ((UINT64_C(1) << (SIGPIPE - 1)) |
+                           (UINT64_C(1) << (SIGXFSZ - 1)));
+    for (int sig = 1; sig < UL__NSIG && caught != 0; sig++) {
+      uint64_t bit = UINT64_C(1) << (sig - 1);
+      if (!(caught & bit))
+        continue;
+      caught &= ~bit;
+      if (sig != SIGKILL && sig != SIGSTOP)
+        syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
+    }
+    return;
+  }
   for (int sig = 1; sig < UL__NSIG; sig++) {
     struct kernel_sigaction old;
     if (sig == SIGKILL || sig == SIGSTOP)
@@ -101,8 +184,7 @@ static void child_reset_signals(const struct child *c) {
     if (old.handler == SIG_DFL)
       continue;
     if (old.handler == SIG_IGN &&
-        !((c->opt->flags & UL_SPAWN_RESTORE_SIGNALS) &&
-          (sig == SIGPIPE || sig == SIGXFSZ)))
+        !(restore && (sig == SIGPIPE || sig == SIGXFSZ)))
       continue;
     syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask);
   }
@@ -119,6 +201,15 @@ static long close_range_syscall(unsigned lo, unsigned hi) {
 #endif
 }
 
+/* The highest fd that may be open, for closing one by one. */
+static unsigned child_max_fd(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < 65536)
+    return (unsigned)rl.rlim_cur - 1;
+  return 65535;
+}
+
 /* Closes every fd >= 3 not in pass_fds (sorted). */
 static void child_close_fds(const struct child *c) {
   unsigned lo = 3;
@@ -130,7 +221,8 @@ static void child_close_fds(const struct child *c) {
       unsigned last = hi == ~0U ? ~0U : hi - 1;
       if (close_range_syscall(lo, last) != 0) {
         /* No close_range (Linux < 5.9): one close per possible fd. */
-        unsigned end = last > (unsigned)c->max_fd ? (unsigned)c->max_fd : last;
+        unsigned max_fd = child_max_fd();
+        unsigned end = last > max_fd ? max_fd : last;
         for (unsigned fd = lo; fd <= end; fd++)
           close((int)fd);
       }
@@ -331,14 +423,6 @@ static int spawn(const ul_spawn_options *o, ul_spawn_result *r, int want_pidfd) 
   }
   c.pass_fds = pass;
   c.npass_fds = o->npass_fds;
-  if (o->flags & UL_SPAWN_CLOSE_FDS) {
-    struct rlimit rl;
-    c.max_fd = 65535;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-        rl.rlim_cur < 65536)
-      c.max_fd = (int)rl.rlim_cur - 1;
-  }
-
   for (int i = 0; i < 3; i++) {
     c.src[i] = -1;
     switch (o->stdio[i].mode) {
@@ -370,7 +454,9 @@ static int spawn(const ul_spawn_options *o, ul_spawn_result *r, int want_pidfd) 
       child_end[i] = i == 0 ? fds[0] : fds[1];
       r->stdio_fds[i] = mine;
       c.src[i] = child_end[i];
-      if (fcntl(mine, F_SETFL, fcntl(mine, F_GETFL) | O_NONBLOCK) == -1) {
+      /* Just made: its only status flag is the access mode, which
+       * F_SETFL leaves alone. */
+      if (fcntl(mine, F_SETFL, O_NONBLOCK) == -1) {
         err = -errno;
         goto out;
       }
