@@ -25,9 +25,10 @@
 #include "internal.h"
 
 #define READ_BUFFER_SIZE (256 * 1024)   /* asyncio's max_size per read */
-/* A batch of reads gives each socket a slot as big as the lone read's
- * buffer; only the pages the kernel fills are ever touched. */
-#define READ_SLOT_SIZE READ_BUFFER_SIZE
+/* A batch of reads gives each socket a 16 KiB slot: all of them fit in
+ * the cache as the lone read's buffer does.  A socket that fills its slot
+ * has more to give: it is read on into that buffer (read_rest). */
+#define READ_SLOT_SIZE (16 * 1024)
 #define READ_SLOTS 16                   /* sockets per batch of reads */
 /* Deferring a write copies it (unless it is queued by reference): worth a
  * system call only for small ones. */
@@ -405,6 +406,24 @@ static char *loop_read_slots(ul_loop *loop) {
   return loop->read_slots;
 }
 
+/* A slot came back full: the socket likely has more, which one read into
+ * the loop's big buffer, after the slot's bytes, delivers with them (an
+ * EOF or error it meets is left for the next poll to report). */
+static void read_rest(ul_stream *s, const char *slot) {
+  char *buf = loop_read_buffer(s->loop);
+  if (buf == NULL) {
+    read_done(s, (char *)slot, READ_SLOT_SIZE, 0);
+    return;
+  }
+  memcpy(buf, slot, READ_SLOT_SIZE);
+  ssize_t n;
+  do
+    n = recv(s->fd, buf + READ_SLOT_SIZE, READ_BUFFER_SIZE - READ_SLOT_SIZE,
+             MSG_DONTWAIT);
+  while (n == -1 && errno == EINTR);
+  read_done(s, buf, READ_SLOT_SIZE + (n > 0 ? n : 0), 0);
+}
+
 void ul__streams_read(ul_loop *loop) {
   ul__sockop ops[READ_SLOTS];
   ul_stream *batch[READ_SLOTS];
@@ -435,6 +454,8 @@ void ul__streams_read(ul_loop *loop) {
       ul_stream *s = batch[k];
       if (s->closing || s->paused || s->held_len > 0 || s->held_eof)
         read_hold(s, ops[k].data, ops[k].result);
+      else if (ops[k].result == READ_SLOT_SIZE)
+        read_rest(s, ops[k].data);
       else
         read_done(s, ops[k].data, ops[k].result, 0);
     }

@@ -2021,3 +2021,29 @@ TEST_IMPL(stream_batched_read_paused_by_earlier_callback) {
   check_held_reads(1, 0);
   return 0;
 }
+
+/* A socket with more than a batch slot's worth of bytes gets them in one
+ * data_received, as a lone read of asyncio's 256 KiB would give them. */
+static void check_batched_big_read(int no_io_uring) {
+  struct batch b;
+  size_t len = 100 * 1024;
+  char *data = pattern_new(len);
+  batch_open(&b, no_io_uring);
+  ASSERT_EQ((ssize_t)len, write(b.peer[0], data, len));
+  ASSERT_EQ(1, write(b.peer[1], "x", 1));
+  ASSERT_EQ(1, write(b.peer[2], "y", 1));
+  ASSERT_OK(ul_loop_run_once(b.loop, 1));
+  ASSERT_EQ(1, b.c[0].data_calls);
+  ASSERT_EQ(len, b.c[0].rlen);
+  check_pattern(b.c[0].rbuf, len);
+  ASSERT_EQ(1, b.c[1].rlen);
+  ASSERT_EQ(1, b.c[2].rlen);
+  free(data);
+  batch_close(&b);
+}
+
+TEST_IMPL(stream_batched_read_more_than_a_slot) {
+  check_batched_big_read(0);
+  check_batched_big_read(1);
+  return 0;
+}
