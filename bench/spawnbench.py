@@ -10,8 +10,10 @@ Workloads (each: spawns per second, /bin/true unless said otherwise):
   conc50           1,000 spawns, 50 children alive at a time
   seq_1GiB         seq from a parent holding a touched 1 GiB heap
   conc50_1GiB      conc50 likewise
-  communicate      (Python only) create_subprocess_exec('cat') with stdin
-                   and stdout pipes, communicate(64 bytes), 1,000 times
+  communicate      (Python) create_subprocess_exec('cat') with stdin
+                   and stdout pipes, communicate(64 bytes), 1,000 times;
+                   alongside, its bare C form (spawn_cat_raw: posix_spawnp,
+                   write, read to EOF, waitpid; no loop): the physical limit
 
 Python: asyncio.create_subprocess_exec + wait (or communicate) on a fresh
 loop of each kind: stock asyncio (its default ThreadedChildWatcher),
@@ -203,11 +205,17 @@ def main():
               f' {"ul/asyncio":>10} {"ul/uvloop":>9} {"ul/best":>8}  spread')
         for wl in wls:
             runs = {l: [] for l in loops}
+            limit = wl[0] == 'communicate' and not args.no_c
+            c_runs = []
             for _ in range(repeat):
                 for l in loops:
                     v = run_py(l, wl, args.quick)
                     if v is not None:
                         runs[l].append(v)
+                if limit:
+                    v = run_c('cat_raw', wl, args.quick)
+                    if v is not None:
+                        c_runs.append(v)
             med = {l: statistics.median(v) if v else None
                    for l, v in runs.items()}
             a, u, x = med.get('asyncio'), med.get('uvloop'), med.get('unixloop')
@@ -217,9 +225,15 @@ def main():
             print(f'{wl[0]:<14} {fmt(a):>8} {fmt(u):>8} {fmt(x):>8} '
                   f'{ratio(x, a):>10} {ratio(x, u):>9} {ratio(x, best):>8}'
                   f'  {spread:.0%}', flush=True)
+            if c_runs:
+                c_med = statistics.median(c_runs)
+                print(f'{"":<14} bare C (spawn_cat_raw) {fmt(c_med)}/s: '
+                      f'unixloop {ratio(x, c_med)}, asyncio {ratio(a, c_med)}'
+                      f' of it', flush=True)
             if out:
                 out.write(json.dumps({'side': 'py', 'workload': wl[0],
-                                      'runs': runs, 'median': med}) + '\n')
+                                      'runs': runs, 'median': med,
+                                      'c_limit_runs': c_runs}) + '\n')
     if out:
         out.close()
 
