@@ -156,8 +156,11 @@ static void run_one(ul__sockop *op) {
 }
 
 /* Submits ops[0, n) (n <= sq_entries) and collects their completions.
- * Returns -errno when the ring failed before any op ran. */
-static int uring_run(ul__uring *r, ul__sockop *ops, unsigned n) {
+ * Returns 0, or -errno if the ring failed: then *settled says how many
+ * ops from the first have their result (an op submitted whose completion
+ * cannot be collected gets -EIO); the rest never reached the kernel. */
+static int uring_run(ul__uring *r, ul__sockop *ops, unsigned n,
+                     unsigned *settled) {
   unsigned tail = *r->sq_tail;
   unsigned mask = *r->sq_mask;
   for (unsigned i = 0; i < n; i++) {
@@ -182,18 +185,17 @@ static int uring_run(ul__uring *r, ul__sockop *ops, unsigned n) {
      * returns at once. */
     long rc = syscall(SYS_io_uring_enter, r->fd, to_submit, n - done,
                       IORING_ENTER_GETEVENTS, NULL, 0);
-    if (rc < 0 && errno != EINTR) {
-      if (done == 0 && to_submit == n)
-        return -errno;
-      /* Submitted already: the completions are owed.  Should the wait
-       * itself fail, the rest is reported as an error on its socket. */
-      for (unsigned i = 0; i < n; i++)
+    if (rc < 0 && errno == EINTR)
+      continue;
+    if (rc < 0 || (rc == 0 && to_submit > 0)) {
+      int err = rc < 0 ? -errno : -EIO;
+      *settled = n - to_submit;
+      for (unsigned i = 0; i < *settled; i++)
         if (ops[i].result == -EINPROGRESS)
           ops[i].result = -EIO;
-      return 0;
+      return err;
     }
-    if (rc > 0)
-      to_submit -= (unsigned)rc < to_submit ? (unsigned)rc : to_submit;
+    to_submit -= (unsigned)rc < to_submit ? (unsigned)rc : to_submit;
     unsigned head = *r->cq_head;
     unsigned ctail = atomic_load_explicit((_Atomic unsigned *)r->cq_tail,
                                           memory_order_acquire);
@@ -215,12 +217,15 @@ void ul__batch_run(ul_loop *loop, ul__sockop *ops, size_t n) {
   size_t i = 0;
   while (r != NULL && i < n) {
     unsigned chunk = n - i < r->sq_entries ? (unsigned)(n - i) : r->sq_entries;
-    if (uring_run(r, ops + i, chunk) < 0) {
+    unsigned settled = 0;
+    if (uring_run(r, ops + i, chunk, &settled) < 0) {
       /* The ring is unusable (e.g. the process ran out of memory for it):
-       * fall back for good. */
+       * drop it, with whatever it still holds, and send one by one for
+       * good. */
       ul__uring_free(loop->uring);
       loop->uring = NULL;
       loop->uring_off = 1;
+      i += settled;
       break;
     }
     i += chunk;

@@ -68,24 +68,6 @@ static void append(char **buf, size_t *len, size_t *cap, const char *data,
   *len += n;
 }
 
-/* LIBRARY BUG (src/stream.c, wbuf_append): the first write that has to be
- * queued calls memcpy(new_buffer, NULL, 0) (s->wbuf is still NULL), which
- * UndefinedBehaviorSanitizer reports (null pointer passed as argument 2):
- * the build-asan binary aborts in every test that queues a write.  Such a
- * test skips itself under the sanitizers until the library is fixed; the
- * bug itself is test stream_first_queued_write_no_ub (disabled in
- * test-list.h).  Remove this macro's body once it is fixed. */
-#if defined(__SANITIZE_ADDRESS__)
-#define UL_TEST_SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UL_TEST_SANITIZED 1
-#endif
-#endif
-#define SKIP_IF_SANITIZED_WBUF_BUG() \
-  do {                               \
-  } while (0)
-
 /* Runs iterations (blocking) until `cond` holds; the runner's deadline
  * fails a test that waits forever. */
 #define RUN_UNTIL(loop, cond)                                              \
@@ -572,7 +554,6 @@ TEST_IMPL(stream_small_write_immediate) {
 }
 
 TEST_IMPL(stream_big_write_flow_control) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c;
   struct peer pr;
@@ -631,7 +612,6 @@ TEST_IMPL(stream_big_write_flow_control) {
 }
 
 TEST_IMPL(stream_write_buffer_limits) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c;
   struct peer pr;
@@ -712,7 +692,6 @@ TEST_IMPL(stream_write_buffer_limits) {
 }
 
 TEST_IMPL(stream_writev) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c;
   struct peer pr;
@@ -822,7 +801,6 @@ TEST_IMPL(stream_writev_more_than_iov_max) {
 /* close() after queued writes: everything is flushed, then
  * connection_lost(0); nothing is read meanwhile. */
 TEST_IMPL(stream_close_flushes_queued) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c;
   struct peer pr;
@@ -867,7 +845,6 @@ TEST_IMPL(stream_close_flushes_queued) {
 }
 
 TEST_IMPL(stream_abort_drops_buffer) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c, c2;
   struct peer pr;
@@ -979,7 +956,6 @@ TEST_IMPL(stream_eof_keep_open_half_close) {
 }
 
 TEST_IMPL(stream_write_eof) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c;
   struct peer pr;
@@ -1186,7 +1162,6 @@ static void peer_closes_mid_write(int close_first) {
 }
 
 TEST_IMPL(stream_peer_closes_mid_write) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   peer_closes_mid_write(0);
   peer_closes_mid_write(1);
   return 0;
@@ -1219,7 +1194,6 @@ TEST_IMPL(stream_close_in_data_received) {
 }
 
 TEST_IMPL(stream_abort_in_data_received) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   ul_loop *loop = test_loop_new();
   struct conn c;
   int sv[2];
@@ -1337,13 +1311,11 @@ static void pause_action(int abort_it) {
 }
 
 TEST_IMPL(stream_close_in_pause_writing) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   pause_action(0);
   return 0;
 }
 
 TEST_IMPL(stream_abort_in_pause_writing) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   pause_action(1);
   return 0;
 }
@@ -1441,7 +1413,6 @@ TEST_IMPL(stream_pause_resume_reading) {
 /* ul_loop_close with streams open                                          */
 
 TEST_IMPL(stream_loop_close_cancels) {
-  SKIP_IF_SANITIZED_WBUF_BUG();
   int before = test_count_fds();
   ul_loop *loop = test_loop_new();
   struct conn a, b, n;
