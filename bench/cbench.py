@@ -52,12 +52,13 @@ WORKLOADS = {
 
 # Stream workloads: case -> (arguments, quick -n, -n for the untimed -V check,
 # metric, rows).  Every program takes the same arguments (stream_common.h);
-# a row may add options for one implementation, e.g. ("raw", ["-q", "4"]).
-# Rows share runs: each distinct command runs once per round.
+# a row adds options per implementation, e.g. {"raw": ["-q", "4"]}.
+# Rows share runs: each distinct command runs once per round.  The pump has
+# one row per writer policy, the same in the three programs: -q 0 writes
+# until the kernel refuses a chunk, -q 4 at most 4 chunks per loop turn.
 _PUMP_ROWS = [
-    ("", {}),
-    (" [raw -q 4]", {"raw": ["-q", "4"]}),
-    (" [ul -H 0]", {"ul": ["-H", "0"]}),
+    (" [-q %s]" % _q, {_i: ["-q", _q] for _i in ("raw", "uv", "ul")})
+    for _q in ("0", "4")
 ]
 STREAM_WORKLOADS = {}
 for _t in ("unix", "tcp"):

@@ -30,6 +30,11 @@
  * has more to give: it is read on into that buffer (read_rest). */
 #define READ_SLOT_SIZE (16 * 1024)
 #define READ_SLOTS 16                   /* sockets per batch of reads */
+/* A readable event reads again while a read fills the buffer, up to this
+ * many reads in all (libuv's uv__read does the same): a socket that gets
+ * more than one buffer per iteration is otherwise never drained, and over
+ * TCP its peer then stalls on a closed window. */
+#define READS_PER_EVENT 32
 /* Deferring a write copies it (unless it is queued by reference): worth a
  * system call only for small ones. */
 #define DEFER_COPY_MAX (16 * 1024)
@@ -287,34 +292,46 @@ static void read_done(ul_stream *s, char *buf, ssize_t n, int buffered) {
     s->proto->data_received(s, buf, (size_t)n, s->ctx);
 }
 
-static void read_now(ul_stream *s) {
-  char *buf;
-  size_t cap;
-  int buffered = s->proto->get_buffer != NULL &&
-                 s->proto->buffer_updated != NULL;
-  if (buffered) {
-    buf = s->proto->get_buffer(s, READ_BUFFER_SIZE, &cap, s->ctx);
-    if (buf == NULL || cap == 0) {
-      fatal(s, -ENOBUFS);
-      return;
+/* Whether a stream whose read filled the buffer may read again now: its
+ * callbacks did not pause, close or hold it. */
+static int may_read_on(const ul_stream *s) {
+  return !s->closing && !s->paused && s->reader_on && s->held_len == 0 &&
+         !s->held_eof;
+}
+
+/* Up to `reads` reads, on while each fills the buffer. */
+static void read_now(ul_stream *s, int reads) {
+  do {
+    char *buf;
+    size_t cap;
+    int buffered = s->proto->get_buffer != NULL &&
+                   s->proto->buffer_updated != NULL;
+    if (buffered) {
+      buf = s->proto->get_buffer(s, READ_BUFFER_SIZE, &cap, s->ctx);
+      if (buf == NULL || cap == 0) {
+        fatal(s, -ENOBUFS);
+        return;
+      }
+      if (s->closing)
+        return; /* get_buffer closed the transport */
+    } else {
+      buf = loop_read_buffer(s->loop);
+      cap = READ_BUFFER_SIZE;
+      if (buf == NULL) {
+        fatal(s, -ENOMEM);
+        return;
+      }
     }
-    if (s->closing)
-      return; /* get_buffer closed the transport */
-  } else {
-    buf = loop_read_buffer(s->loop);
-    cap = READ_BUFFER_SIZE;
-    if (buf == NULL) {
-      fatal(s, -ENOMEM);
+    /* recv() on a socket: read() would go through the VFS layer (file
+     * position lock, fsnotify) for nothing. */
+    ssize_t n;
+    do
+      n = s->is_socket ? recv(s->fd, buf, cap, 0) : read(s->fd, buf, cap);
+    while (n == -1 && errno == EINTR);
+    read_done(s, buf, n == -1 ? -errno : n, buffered);
+    if (n != (ssize_t)cap)
       return;
-    }
-  }
-  /* recv() on a socket: read() would go through the VFS layer (file
-   * position lock, fsnotify) for nothing. */
-  ssize_t n;
-  do
-    n = s->is_socket ? recv(s->fd, buf, cap, 0) : read(s->fd, buf, cap);
-  while (n == -1 && errno == EINTR);
-  read_done(s, buf, n == -1 ? -errno : n, buffered);
+  } while (--reads > 0 && may_read_on(s));
 }
 
 /* ---- reading many sockets in one system call ----------------------------- */
@@ -408,12 +425,13 @@ static char *loop_read_slots(ul_loop *loop) {
 
 /* A slot came back full: the socket likely has more, which one read into
  * the loop's big buffer, after the slot's bytes, delivers with them (an
- * EOF or error it meets is left for the next poll to report). */
-static void read_rest(ul_stream *s, const char *slot) {
+ * EOF or error it meets is left for the next poll to report).  Returns 1
+ * if that filled the big buffer too. */
+static int read_rest(ul_stream *s, const char *slot) {
   char *buf = loop_read_buffer(s->loop);
   if (buf == NULL) {
     read_done(s, (char *)slot, READ_SLOT_SIZE, 0);
-    return;
+    return 0;
   }
   memcpy(buf, slot, READ_SLOT_SIZE);
   ssize_t n;
@@ -422,11 +440,13 @@ static void read_rest(ul_stream *s, const char *slot) {
              MSG_DONTWAIT);
   while (n == -1 && errno == EINTR);
   read_done(s, buf, READ_SLOT_SIZE + (n > 0 ? n : 0), 0);
+  return n == READ_BUFFER_SIZE - READ_SLOT_SIZE;
 }
 
 void ul__streams_read(ul_loop *loop) {
   ul__sockop ops[READ_SLOTS];
   ul_stream *batch[READ_SLOTS];
+  int full[READ_SLOTS];
   char *slots = loop->reads_len > 1 ? loop_read_slots(loop) : NULL;
   size_t i = 0;
   while (i < loop->reads_len) {
@@ -440,7 +460,7 @@ void ul__streams_read(ul_loop *loop) {
       if (s->closing || s->paused || !s->reader_on)
         continue; /* changed by a callback since epoll reported it */
       if (slots == NULL) {
-        read_now(s); /* one socket (or no memory for slots) */
+        read_now(s, READS_PER_EVENT); /* one socket (or no memory for slots) */
         continue;
       }
       batch[n] = s;
@@ -452,12 +472,18 @@ void ul__streams_read(ul_loop *loop) {
     ul__batch_run(loop, ops, n);
     for (size_t k = 0; k < n; k++) {
       ul_stream *s = batch[k];
+      full[k] = 0;
       if (s->closing || s->paused || s->held_len > 0 || s->held_eof)
         read_hold(s, ops[k].data, ops[k].result);
       else if (ops[k].result == READ_SLOT_SIZE)
-        read_rest(s, ops[k].data);
+        full[k] = read_rest(s, ops[k].data);
       else
         read_done(s, ops[k].data, ops[k].result, 0);
+    }
+    /* Then those whose big buffer filled read on, each on its own. */
+    for (size_t k = 0; k < n; k++) {
+      if (full[k] && may_read_on(batch[k]))
+        read_now(batch[k], READS_PER_EVENT - 1);
     }
   }
   loop->reads_len = 0;
@@ -476,7 +502,7 @@ static void read_ready(ul_loop *loop, int fd, int events, void *arg) {
   }
   if (s->read_queued || read_enqueue(s) == 0)
     return;
-  read_now(s);
+  read_now(s, READS_PER_EVENT);
 }
 
 static void reader_start(ul_stream *s) {

@@ -4,13 +4,14 @@
  * Same options, fds, bytes and JSON line: see stream_common.h.
  *
  *   raw_stream pingpong [-t unix|tcp] [-c CONNS] [-s SIZE] [-n ROUNDTRIPS] [-V]
- *   raw_stream pump     [-t unix|tcp|pipe] [-n BYTES] [-V]
+ *   raw_stream pump     [-t unix|tcp|pipe] [-n BYTES] [-q CHUNKS] [-V]
  *
  * One level-triggered epoll set, one epoll_wait per iteration, one read() of
  * up to 256 KiB per readable fd, writes straight to the kernel; EPOLLOUT is
  * watched only while a write is incomplete (ping-pong) or, for the pump's
  * writer, for the whole run (it always has something to write: write until
- * EAGAIN, then wait for EPOLLOUT).  No per-event allocation, no callbacks
+ * EAGAIN, then wait for EPOLLOUT; with -q N at most N chunks per
+ * epoll_wait).  No per-event allocation, no callbacks
  * through tables: the least a loop can do.
  */
 #define _GNU_SOURCE /* pipe2, accept4 */
@@ -197,7 +198,7 @@ static void run_pump(void) {
         /* Write until EAGAIN (or -q chunks); EPOLLOUT (level-triggered)
          * says when to go on. */
         long chunks = 0;
-        while (written < opt.n && (opt.extra == 0 || chunks++ < opt.extra)) {
+        while (written < opt.n && (opt.q == 0 || chunks++ < opt.q)) {
           uint64_t left = opt.n - written;
           size_t len = left < SB_CHUNK ? (size_t)left : SB_CHUNK;
           ssize_t n = write(wfd, sb_pattern + written % SB_CHUNK, len);
@@ -240,7 +241,7 @@ static void run_pump(void) {
 }
 
 int main(int argc, char **argv) {
-  opt = sb_args(argc, argv, 'q', " [-q CHUNKS (pump)]", 0);
+  opt = sb_args(argc, argv, 0, NULL, 0, 0);
   sb_pattern_init();
   ep = epoll_create1(EPOLL_CLOEXEC);
   SB_CHECK(ep);

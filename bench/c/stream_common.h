@@ -5,11 +5,23 @@
  * print the same JSON line.  Only the event loop differs.
  *
  *   PROG pingpong [-t unix|tcp] [-c CONNS] [-s SIZE] [-n ROUNDTRIPS] [-V]
- *   PROG pump     [-t unix|tcp|pipe] [-n BYTES] [-V]
+ *   PROG pump     [-t unix|tcp|pipe] [-n BYTES] [-q CHUNKS] [-V]
  *
  * SIZE and BYTES take a binary suffix: 1k = 1024, 2G = 2 * 1024^3.
  * -V checks every byte received against what was sent (costs CPU: off in
  * timed runs); without it the byte counts are still checked.
+ *
+ * The pump's writer policy, the same in the three programs: -q 0 writes
+ * 64 KiB chunks until the kernel refuses one (raw: EAGAIN; libuv: the write
+ * queue is not empty, as libuv's own benchmark-pump.c; libunixloop:
+ * pause_writing, as an asyncio program), then waits until it can go on;
+ * -q N writes at most N chunks per turn of the loop (raw: per epoll_wait;
+ * libuv: N write requests, refilled from their callbacks, which libuv runs
+ * in a later iteration; libunixloop: N writes, then the next N from a
+ * ul_loop_call_soon() callback, as an asyncio coroutine that yields every N
+ * writes).  Both are what a program written for that loop would do; they
+ * differ a lot over TCP, where -q 0 fills the kernel's 4 MiB send buffer
+ * and every byte crosses the cache cold.
  *
  * Design (the same for the three programs): both ends of every connection
  * live in ONE process, on ONE loop, run by ONE thread, as in libuv's own
@@ -57,7 +69,8 @@ typedef struct sb_opts {
   size_t size;        /* pingpong: message size */
   uint64_t n;         /* pingpong: total round trips; pump: total bytes */
   int verify;         /* -V */
-  long extra;         /* -q (uv: outstanding writes) / -H (ul: high water) */
+  long q;             /* pump: -q CHUNKS (see above) */
+  long extra;         /* -H (ul: high water) */
   int have_extra;
 } sb_opts;
 
@@ -93,10 +106,10 @@ static inline void sb_die(const char *what, long err) {
 static inline void sb_usage(const char *prog, const char *extra) {
   fprintf(stderr,
           "usage: %s pingpong [-t unix|tcp] [-c CONNS] [-s SIZE] "
-          "[-n ROUNDTRIPS] [-V]%s\n"
-          "       %s pump [-t unix|tcp|pipe] [-n BYTES] [-V]%s\n"
+          "[-n ROUNDTRIPS] [-V]\n"
+          "       %s pump [-t unix|tcp|pipe] [-n BYTES] [-q CHUNKS] [-V]%s\n"
           "SIZE/BYTES: 64, 1k, 256M, 2G (binary suffixes)\n",
-          prog, extra ? extra : "", prog, extra ? extra : "");
+          prog, prog, extra ? extra : "");
   exit(2);
 }
 
@@ -113,10 +126,11 @@ static inline uint64_t sb_parse_size(const char *s, const char *prog) {
   return (uint64_t)v;
 }
 
-/* `extra_opt` is the one implementation-specific option ('q', 'H' or 0),
- * described by `extra_usage`. */
+/* `extra_opt` is the one implementation-specific option ('H' or 0),
+ * described by `extra_usage`; `q_default` is -q's default. */
 static inline sb_opts sb_args(int argc, char **argv, char extra_opt,
-                              const char *extra_usage, long extra_default) {
+                              const char *extra_usage, long extra_default,
+                              long q_default) {
   sb_opts o;
   int i;
   memset(&o, 0, sizeof o);
@@ -124,6 +138,7 @@ static inline sb_opts sb_args(int argc, char **argv, char extra_opt,
   o.conns = 1;
   o.size = 64;
   o.extra = extra_default;
+  o.q = q_default;
   if (argc < 2) sb_usage(argv[0], extra_usage);
   if (strcmp(argv[1], "pingpong") == 0) {
     o.workload = SB_PINGPONG;
@@ -151,6 +166,8 @@ static inline sb_opts sb_args(int argc, char **argv, char extra_opt,
       o.size = (size_t)sb_parse_size(argv[++i], argv[0]);
     } else if (strcmp(a, "-n") == 0 && has_val) {
       o.n = sb_parse_size(argv[++i], argv[0]);
+    } else if (strcmp(a, "-q") == 0 && has_val) {
+      o.q = atol(argv[++i]);
     } else if (extra_opt && a[0] == '-' && a[1] == extra_opt && a[2] == 0 &&
                has_val) {
       o.extra = atol(argv[++i]);
@@ -159,7 +176,7 @@ static inline sb_opts sb_args(int argc, char **argv, char extra_opt,
       sb_usage(argv[0], extra_usage);
     }
   }
-  if (o.n < 1 || o.conns < 1 || o.conns > SB_MAX_CONNS || o.size < 1 ||
+  if (o.n < 1 || o.q < 0 || o.conns < 1 || o.conns > SB_MAX_CONNS || o.size < 1 ||
       (o.workload == SB_PINGPONG && o.transport == SB_PIPE) ||
       (o.workload == SB_PUMP && o.conns != 1))
     sb_usage(argv[0], extra_usage);
@@ -297,11 +314,12 @@ static inline void sb_report(const char *impl, const sb_opts *o, sb_clock t0,
            t1.sys - t0.sys, (double)done / secs);
   } else {
     printf("{\"impl\": \"%s\", \"workload\": \"pump\", \"transport\": \"%s\", "
-           "\"n\": %llu, \"verify\": %d, \"extra\": %ld, \"seconds\": %.6f, "
+           "\"n\": %llu, \"verify\": %d, \"q\": %ld, \"extra\": %ld, "
+           "\"seconds\": %.6f, "
            "\"user\": %.3f, \"sys\": %.3f, \"rate\": %.1f, "
            "\"unit\": \"MB/s\"}\n",
            impl, sb_transport_name(o->transport), (unsigned long long)done,
-           o->verify, o->extra, secs, t1.user - t0.user, t1.sys - t0.sys,
+           o->verify, o->q, o->extra, secs, t1.user - t0.user, t1.sys - t0.sys,
            (double)done / secs / 1e6);
   }
   fflush(stdout);

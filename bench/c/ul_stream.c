@@ -5,7 +5,7 @@
  * it only the loop and ul_stream_*: the fds are made before the loop starts.
  *
  *   ul_stream pingpong [-t unix|tcp] [-c CONNS] [-s SIZE] [-n ROUNDTRIPS] [-V]
- *   ul_stream pump     [-t unix|tcp|pipe] [-n BYTES] [-V] [-H HIGH]
+ *   ul_stream pump     [-t unix|tcp|pipe] [-n BYTES] [-q CHUNKS] [-V] [-H HIGH]
  *
  * Both ends are ul_stream_open()ed with a plain (asyncio Protocol-like)
  * protocol: data_received gets the loop's 256 KiB read buffer.  The echo
@@ -13,13 +13,16 @@
  * The clock starts in the last connection_made (ul_stream_open defers it to
  * the next iteration).
  *
- * Pump: the writer ul_stream_write()s 64 KiB chunks while not paused;
- * pause_writing / resume_writing (the water marks) stop and restart it; the
- * last chunk is followed by ul_stream_close(), which flushes, so the reader
- * sees EOF.  -H HIGH sets the high-water mark (ul_stream_set_write_buffer_
+ * Pump: the writer writes 64 KiB chunks of a static buffer with
+ * ul_stream_write_ref() (what the kernel does not take is queued by
+ * reference, as libuv's uv_write() does) while not paused; pause_writing /
+ * resume_writing (the water marks) stop and restart it.  -q N (default 0:
+ * no limit) writes at most N chunks per turn, then goes on from a
+ * ul_loop_call_soon() callback.  The last chunk is followed by
+ * ul_stream_close(), which flushes, so the reader sees EOF.  -H HIGH sets the high-water mark (ul_stream_set_write_buffer_
  * limits(HIGH, -1), low = HIGH / 4); default -1: asyncio's 64 KiB / 16 KiB.
  * -H 0 pauses as soon as anything is buffered and resumes once the buffer
- * is empty, so only a partially written chunk's tail is ever copied.
+ * is empty.
  */
 #define _GNU_SOURCE /* pipe2, accept4 */
 #include "unixloop.h"
@@ -128,14 +131,36 @@ static void run_pingpong(void) {
 /* ---- pump ------------------------------------------------------------------- */
 
 static ul_stream *pw;
-static int paused, closed;
+static int paused, closed, turn_due;
 static uint64_t written, got;
 
+static void pump_fill(void);
+
+static void pump_turn(ul_loop *l, void *arg, int status) {
+  (void)l;
+  (void)arg;
+  turn_due = 0;
+  if (status == 0) pump_fill();
+}
+
+static void release_none(void *arg) {
+  (void)arg; /* sb_pattern is static */
+}
+
 static void pump_fill(void) {
+  long chunks = 0;
   while (!paused && written < opt.n) {
+    if (opt.q > 0 && chunks++ == opt.q) {
+      if (!turn_due) {
+        turn_due = 1;
+        SB_CHECK(ul_loop_call_soon(loop, pump_turn, NULL));
+      }
+      return;
+    }
     uint64_t left = opt.n - written;
     size_t len = left < SB_CHUNK ? (size_t)left : SB_CHUNK;
-    SB_CHECK(ul_stream_write(pw, sb_pattern + written % SB_CHUNK, len));
+    SB_CHECK(ul_stream_write_ref(pw, sb_pattern + written % SB_CHUNK, len,
+                                 release_none, NULL));
     written += len;
   }
   if (written == opt.n && !closed) {
@@ -230,7 +255,7 @@ static void run_pump(void) {
 }
 
 int main(int argc, char **argv) {
-  opt = sb_args(argc, argv, 'H', " [-H HIGH (pump)]", -1);
+  opt = sb_args(argc, argv, 'H', " [-H HIGH]", -1, 0);
   sb_pattern_init();
   SB_CHECK(ul_loop_new(&loop, NULL));
   if (opt.workload == SB_PINGPONG)

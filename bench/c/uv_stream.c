@@ -4,7 +4,7 @@
  * JSON line: see stream_common.h.
  *
  *   uv_stream pingpong [-t unix|tcp] [-c CONNS] [-s SIZE] [-n ROUNDTRIPS] [-V]
- *   uv_stream pump     [-t unix|tcp|pipe] [-n BYTES] [-V] [-q WRITES]
+ *   uv_stream pump     [-t unix|tcp|pipe] [-n BYTES] [-q CHUNKS] [-V]
  *
  * The fds are wrapped with uv_tcp_open() (TCP) or uv_pipe_open() (UNIX
  * sockets and pipes).  Reads: uv_read_start() with an alloc_cb that hands out
@@ -16,10 +16,12 @@
  * remainder path never runs, so no uv_write_t is needed at all.
  *
  * Pump: uv_write() of 64 KiB chunks from a static buffer (no copy: libuv
- * keeps a reference), at most -q WRITES (default 4) outstanding: a new
- * chunk is written from the write_cb of an old one.  uv_write() writes at
- * once when its queue is empty, and queues (waiting for POLLOUT) what the
- * kernel did not take.
+ * keeps a reference).  -q N (default 4): at most N write requests
+ * outstanding; a new chunk is written from the write_cb of an old one.
+ * -q 0: chunks are written while the stream's write queue is empty (the
+ * kernel took all so far), as libuv's benchmark-pump.c does; the write_cbs
+ * go on.  uv_write() writes at once when its queue is empty, and queues
+ * (waiting for POLLOUT) what the kernel did not take.
  */
 #define _GNU_SOURCE /* pipe2, accept4 */
 #include <uv.h>
@@ -190,30 +192,42 @@ static void run_pingpong(void) {
 /* ---- pump ------------------------------------------------------------------- */
 
 static end pw, pr;
-static uv_write_t *pump_reqs;
-static uv_write_t **pump_free;
-static int n_free;
+static uv_write_t **pump_free; /* unused requests */
+static long n_free, n_out;     /* unused, outstanding */
 static uint64_t written, got;
 static sb_clock pump_t0;
 
 static void pump_write_cb(uv_write_t *req, int status);
 
+static int may_write(void) {
+  if (written == opt.n) return 0;
+  if (opt.q > 0) return n_free > 0;
+  return pw.h.s.write_queue_size == 0;
+}
+
 static void pump_fill(void) {
-  while (n_free > 0 && written < opt.n) {
+  while (may_write()) {
     uint64_t left = opt.n - written;
     size_t len = left < SB_CHUNK ? (size_t)left : SB_CHUNK;
     uv_buf_t b = uv_buf_init((char *)sb_pattern + written % SB_CHUNK,
                              (unsigned)len);
-    UV_CHECK(uv_write(pump_free[--n_free], &pw.h.s, &b, 1, pump_write_cb));
+    uv_write_t *req = n_free > 0 ? pump_free[--n_free] : malloc(sizeof *req);
+    if (req == NULL) sb_die("malloc", ENOMEM);
+    UV_CHECK(uv_write(req, &pw.h.s, &b, 1, pump_write_cb));
+    n_out++;
     written += len;
   }
-  if (written == opt.n && n_free == opt.extra)
+  if (written == opt.n && n_out == 0)
     uv_close((uv_handle_t *)&pw.h, NULL); /* all sent: the reader sees EOF */
 }
 
 static void pump_write_cb(uv_write_t *req, int status) {
   UV_CHECK(status);
-  pump_free[n_free++] = req;
+  n_out--;
+  if (opt.q > 0)
+    pump_free[n_free++] = req;
+  else
+    free(req);
   pump_fill();
 }
 
@@ -239,15 +253,17 @@ static void pump_read_cb(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
 }
 
 static void run_pump(void) {
-  int wfd, rfd, i;
-  if (opt.extra < 1) sb_usage("uv_stream", " [-q WRITES]");
+  int wfd, rfd;
+  long i;
   sb_make_pairs(opt.transport, 1, &wfd, &rfd);
   open_end(&pw, wfd);
   open_end(&pr, rfd);
-  pump_reqs = calloc((size_t)opt.extra, sizeof *pump_reqs);
-  pump_free = calloc((size_t)opt.extra, sizeof *pump_free);
-  if (pump_reqs == NULL || pump_free == NULL) sb_die("calloc", ENOMEM);
-  for (i = 0; i < opt.extra; i++) pump_free[n_free++] = &pump_reqs[i];
+  if (opt.q > 0) {
+    uv_write_t *reqs = calloc((size_t)opt.q, sizeof *reqs);
+    pump_free = calloc((size_t)opt.q, sizeof *pump_free);
+    if (reqs == NULL || pump_free == NULL) sb_die("calloc", ENOMEM);
+    for (i = 0; i < opt.q; i++) pump_free[n_free++] = &reqs[i];
+  }
   UV_CHECK(uv_read_start(&pr.h.s, alloc_cb, pump_read_cb));
   pump_t0 = sb_clock_now();
   pump_fill();
@@ -256,7 +272,7 @@ static void run_pump(void) {
 }
 
 int main(int argc, char **argv) {
-  opt = sb_args(argc, argv, 'q', " [-q WRITES (pump)]", 4);
+  opt = sb_args(argc, argv, 0, NULL, 0, 4);
   sb_pattern_init();
   UV_CHECK(uv_loop_init(loop));
   if (opt.workload == SB_PINGPONG)

@@ -199,6 +199,9 @@ TEST_DECLARE(stream_big_write_in_callback_not_deferred)
 TEST_DECLARE(stream_reads_batched)
 TEST_DECLARE(stream_batched_read_paused_by_earlier_callback)
 TEST_DECLARE(stream_batched_read_more_than_a_slot)
+TEST_DECLARE(stream_read_drains_full_buffers)
+TEST_DECLARE(stream_read_drain_stops_when_paused)
+TEST_DECLARE(stream_read_drain_batched)
 
 /* test-dgram.c */
 TEST_DECLARE(dgram_udp_echo)
@@ -479,6 +482,9 @@ TASK_LIST_START
   TEST_ENTRY(stream_reads_batched)
   TEST_ENTRY(stream_batched_read_paused_by_earlier_callback)
   TEST_ENTRY(stream_batched_read_more_than_a_slot)
+  TEST_ENTRY(stream_read_drains_full_buffers)
+  TEST_ENTRY(stream_read_drain_stops_when_paused)
+  TEST_ENTRY(stream_read_drain_batched)
   /* test-dgram.c */
   TEST_ENTRY(dgram_udp_echo)
   TEST_ENTRY(dgram_udp6_echo)

@@ -2018,3 +2018,201 @@ TEST_IMPL(stream_batched_read_more_than_a_slot) {
   check_batched_big_read(1);
   return 0;
 }
+
+/* ------------------------------------------------------------------------ */
+/* A readable event reads on while each read fills the buffer (up to 32     */
+/* reads, as libuv): all the bytes waiting are delivered before the         */
+/* callbacks that data_received scheduled run, unless it paused reading.    */
+
+#define DRAIN_LEN (3 * 256 * 1024 + 100)
+#define DRAIN_NONE ((size_t)-1)
+
+struct drain {
+  ul_loop *loop;
+  ul_stream *s;
+  int peer;            /* the writing end, closed (or shut down) once filled */
+  size_t sent;         /* bytes the peer wrote before the loop ran */
+  char *got;
+  size_t got_len;
+  size_t at_marker;    /* got_len when the marker ran, or DRAIN_NONE */
+  int marker_set;
+  int pause_first;     /* the first data_received pauses reading */
+  char bufmem[64 * 1024];
+  int lost;
+};
+
+static void drain_marker(ul_loop *loop, void *arg, int status) {
+  struct drain *d = arg;
+  (void)loop;
+  ASSERT_OK(status);
+  d->at_marker = d->got_len;
+}
+
+static void drain_got(struct drain *d, const char *data, size_t len) {
+  ASSERT_LE(d->got_len + len, d->sent);
+  memcpy(d->got + d->got_len, data, len);
+  d->got_len += len;
+  if (d->marker_set)
+    return;
+  d->marker_set = 1;
+  ASSERT_OK(ul_loop_call_soon(d->loop, drain_marker, d));
+  if (d->pause_first)
+    ASSERT_OK(ul_stream_pause_reading(d->s));
+}
+
+static void drain_data(ul_stream *s, const char *data, size_t len,
+                       void *ctx) {
+  (void)s;
+  drain_got(ctx, data, len);
+}
+
+static char *drain_get_buffer(ul_stream *s, size_t hint, size_t *len,
+                              void *ctx) {
+  struct drain *d = ctx;
+  (void)s;
+  (void)hint;
+  *len = sizeof d->bufmem;
+  return d->bufmem;
+}
+
+static void drain_updated(ul_stream *s, size_t n, void *ctx) {
+  struct drain *d = ctx;
+  (void)s;
+  drain_got(d, d->bufmem, n);
+}
+
+static void drain_lost(ul_stream *s, int err, void *ctx) {
+  struct drain *d = ctx;
+  (void)s;
+  ASSERT_EQ(0, err);
+  d->lost = 1;
+}
+
+static const ul_stream_protocol drain_proto = {
+    .data_received = drain_data,
+    .connection_lost = drain_lost,
+};
+
+static const ul_stream_protocol drain_buffered_proto = {
+    .get_buffer = drain_get_buffer,
+    .buffer_updated = drain_updated,
+    .connection_lost = drain_lost,
+};
+
+/* Fills `fd` (non-blocking) with up to DRAIN_LEN bytes of the pattern;
+ * returns how many it took. */
+static size_t drain_fill(int fd) {
+  char *p = pattern_new(DRAIN_LEN);
+  size_t n = 0;
+  while (n < DRAIN_LEN) {
+    ssize_t w = write(fd, p + n, DRAIN_LEN - n);
+    if (w < 0) {
+      ASSERT_EQ(EAGAIN, errno);
+      break;
+    }
+    n += (size_t)w;
+  }
+  free(p);
+  return n;
+}
+
+/* A stream on `fd`, its peer `peer` filled with DRAIN_LEN bytes (all of
+ * them: the caller made room) before the loop runs. */
+static void drain_open(struct drain *d, ul_loop *loop, int fd, int peer,
+                       const ul_stream_protocol *p, int pause_first) {
+  memset(d, 0, sizeof *d);
+  d->loop = loop;
+  d->peer = peer;
+  d->at_marker = DRAIN_NONE;
+  d->pause_first = pause_first;
+  d->got = malloc(DRAIN_LEN);
+  ASSERT_NOT_NULL(d->got);
+  d->sent = drain_fill(peer);
+  ASSERT_EQ(DRAIN_LEN, d->sent);
+  ASSERT_OK(ul_stream_open(loop, fd, p, d, &d->s));
+}
+
+static void drain_finish(struct drain *d) {
+  check_pattern(d->got, d->got_len);
+  ASSERT_EQ(d->sent, d->got_len);
+  test_close(d->peer); /* EOF: the stream closes */
+  RUN_UNTIL(d->loop, d->lost);
+  free(d->got);
+}
+
+/* A socketpair whose peer end can hold DRAIN_LEN bytes unread. */
+static void drain_socketpair(int sv[2]) {
+  int size = 2 * DRAIN_LEN;
+  test_socketpair(sv);
+  ASSERT_OK(setsockopt(sv[1], SOL_SOCKET, SO_SNDBUF, &size, sizeof size));
+}
+
+/* A pipe that can hold DRAIN_LEN bytes: p[0] for the stream. */
+static void drain_pipe(int p[2]) {
+  ASSERT_OK(pipe2(p, O_CLOEXEC | O_NONBLOCK));
+  ASSERT_GE(fcntl(p[1], F_SETPIPE_SZ, 1024 * 1024), DRAIN_LEN);
+}
+
+static void check_drain(int use_pipe, const ul_stream_protocol *p) {
+  ul_loop *loop = NULL;
+  struct drain d;
+  int fds[2];
+  ASSERT_OK(ul_loop_new(&loop, NULL));
+  if (use_pipe)
+    drain_pipe(fds);
+  else
+    drain_socketpair(fds);
+  drain_open(&d, loop, fds[0], fds[1], p, 0);
+  RUN_UNTIL(loop, d.at_marker != DRAIN_NONE);
+  ASSERT_EQ(DRAIN_LEN, d.at_marker); /* all of it, in one event */
+  drain_finish(&d);
+  CLOSE_LOOP(loop);
+}
+
+TEST_IMPL(stream_read_drains_full_buffers) {
+  check_drain(0, &drain_proto);
+  check_drain(1, &drain_proto);
+  check_drain(0, &drain_buffered_proto); /* 64 KiB buffers: 13 reads */
+  return 0;
+}
+
+TEST_IMPL(stream_read_drain_stops_when_paused) {
+  ul_loop *loop = NULL;
+  struct drain d;
+  int sv[2];
+  ASSERT_OK(ul_loop_new(&loop, NULL));
+  drain_socketpair(sv);
+  drain_open(&d, loop, sv[0], sv[1], &drain_proto, 1);
+  RUN_UNTIL(loop, d.at_marker != DRAIN_NONE);
+  ASSERT_EQ(256 * 1024, d.at_marker); /* one buffer, then paused */
+  ASSERT_EQ(256 * 1024, d.got_len);
+  ASSERT_OK(ul_stream_resume_reading(d.s));
+  RUN_UNTIL(loop, d.got_len == DRAIN_LEN);
+  drain_finish(&d);
+  CLOSE_LOOP(loop);
+  return 0;
+}
+
+/* Two sockets one poll reports: read in a batch, then each reads on. */
+static void check_drain_batched(int no_io_uring) {
+  ul_loop *loop = batch_loop_new(no_io_uring);
+  struct drain d[2];
+  int sv[2][2];
+  for (int i = 0; i < 2; i++)
+    drain_socketpair(sv[i]);
+  for (int i = 0; i < 2; i++)
+    drain_open(&d[i], loop, sv[i][0], sv[i][1], &drain_proto, 0);
+  RUN_UNTIL(loop, d[0].at_marker != DRAIN_NONE &&
+                      d[1].at_marker != DRAIN_NONE);
+  for (int i = 0; i < 2; i++) {
+    ASSERT_EQ(DRAIN_LEN, d[i].at_marker);
+    drain_finish(&d[i]);
+  }
+  CLOSE_LOOP(loop);
+}
+
+TEST_IMPL(stream_read_drain_batched) {
+  check_drain_batched(0);
+  check_drain_batched(1);
+  return 0;
+}
