@@ -139,17 +139,23 @@ static void queue_drop(ul_stream *s) {
 
 static void reader_start(ul_stream *s);
 
+/* The loop's lists of streams waiting for a batch (deferred writes,
+ * reads): a removed stream leaves a NULL, skipped when the batch runs. */
+static void list_remove(ul_stream **list, size_t len, const ul_stream *s) {
+  for (size_t i = 0; i < len; i++) {
+    if (list[i] == s) {
+      list[i] = NULL;
+      return;
+    }
+  }
+}
+
 /* Takes s off the loop's list of deferred writes. */
 static void flush_unqueue(ul_stream *s) {
   if (!s->flush_queued)
     return;
   s->flush_queued = 0;
-  for (size_t i = 0; i < s->loop->flush_len; i++) {
-    if (s->loop->flush[i] == s) {
-      s->loop->flush[i] = NULL;
-      break;
-    }
-  }
+  list_remove(s->loop->flush, s->loop->flush_len, s);
 }
 
 static void read_unqueue(ul_stream *s);
@@ -340,12 +346,7 @@ static void read_unqueue(ul_stream *s) {
   if (!s->read_queued)
     return;
   s->read_queued = 0;
-  for (size_t i = 0; i < s->loop->reads_len; i++) {
-    if (s->loop->reads[i] == s) {
-      s->loop->reads[i] = NULL;
-      break;
-    }
-  }
+  list_remove(s->loop->reads, s->loop->reads_len, s);
 }
 
 /* A socket with a data_received protocol joins the iteration's batch of

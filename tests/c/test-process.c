@@ -221,6 +221,20 @@ static void reap_here(ul_loop *loop, pid_t pid) {
   ASSERT_EQ(5, WEXITSTATUS(status));
 }
 
+/* A child reaped before its watcher: reported once, returncode 255, with
+ * the warning. */
+static int check_reported_255(ul_loop *loop, struct exit_rec *a,
+                              ul_process *p) {
+  ASSERT_OK(ul_loop_run(loop));
+  ASSERT_EQ(1, a->calls);
+  ASSERT_EQ(255, a->returncode);
+  ASSERT_EQ(1, errlog.calls);
+  ASSERT(strstr(errlog.msg, "will report returncode 255") != NULL);
+  ASSERT_OK(ul_process_close(p));
+  CLOSE_LOOP(loop);
+  return 0;
+}
+
 static int reaped_elsewhere_thread(void) {
   ul_loop *loop = loop_with(UL_WATCHER_THREAD);
   struct exit_rec a = {0, 0, 1, 0};
@@ -229,14 +243,7 @@ static int reaped_elsewhere_thread(void) {
   ul__spawn_test_hook = reap_here;
   ul_process *p = start(loop, SH("exit 5"), &a);
   ul__spawn_test_hook = NULL;
-  ASSERT_OK(ul_loop_run(loop));
-  ASSERT_EQ(1, a.calls);
-  ASSERT_EQ(255, a.returncode);
-  ASSERT_EQ(1, errlog.calls);
-  ASSERT(strstr(errlog.msg, "will report returncode 255") != NULL);
-  ASSERT_OK(ul_process_close(p));
-  CLOSE_LOOP(loop);
-  return 0;
+  return check_reported_255(loop, &a, p);
 }
 
 static int reaped_elsewhere(ul_child_watcher w) {
@@ -263,14 +270,7 @@ static int reaped_elsewhere(ul_child_watcher w) {
   test_close(fds[0]);
   int status;
   ASSERT_EQ(ul_process_pid(p), waitpid(ul_process_pid(p), &status, 0));
-  ASSERT_OK(ul_loop_run(loop));
-  ASSERT_EQ(1, a.calls);
-  ASSERT_EQ(255, a.returncode);
-  ASSERT_EQ(1, errlog.calls);
-  ASSERT(strstr(errlog.msg, "will report returncode 255") != NULL);
-  ASSERT_OK(ul_process_close(p));
-  CLOSE_LOOP(loop);
-  return 0;
+  return check_reported_255(loop, &a, p);
 }
 
 /* Closing the loop with a child still running: the callback gets
