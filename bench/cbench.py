@@ -198,8 +198,34 @@ def build(ul_build, want_ul, ul_include=None):
     return None
 
 
+# The CPU every benchmark process is pinned to (None: the scheduler's
+# choice).  The programs are single-threaded, but where they run matters: on
+# a 2-vCPU VM one vCPU ran the TCP pump 40% slower than the other, the same
+# for every program, and unpinned runs landed on either at random (bimodal
+# rates, 30-200% spreads).  Pinned, all programs of a run share one CPU.
+PIN_CPU = None
+
+
+def pin_cpu(choice):
+    """The CPU to pin to: `choice` if given, else the highest-numbered one
+    this process may use; None with a single CPU or when asked not to."""
+    if choice == "none":
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if choice is not None:
+        cpu = int(choice)
+        if cpu not in cpus:
+            sys.exit("--cpu %d: not among this process's CPUs %s" % (cpu, cpus))
+        return cpu
+    return cpus[-1] if len(cpus) > 1 else None
+
+
 def run_one(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    pin = None
+    if PIN_CPU is not None:
+        pin = lambda: os.sched_setaffinity(0, {PIN_CPU})  # noqa: E731
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       preexec_fn=pin)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
         err = (p.stderr.strip().splitlines() or ["rc=%d" % p.returncode])[-1]
@@ -222,7 +248,12 @@ def main(argv=None):
     ap.add_argument("--no-ul", action="store_true",
                     help="run libuv (and raw epoll) only")
     ap.add_argument("--json", metavar="FILE", help="append one JSON line per run")
+    ap.add_argument("--cpu", metavar="N|none", default=None,
+                    help="pin every benchmark process to CPU N (default: the "
+                    "highest-numbered usable CPU; 'none': do not pin)")
     args = ap.parse_args(argv)
+    global PIN_CPU
+    PIN_CPU = pin_cpu(args.cpu)
 
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     names = list(WORKLOADS)
@@ -305,7 +336,9 @@ def main(argv=None):
 
     print()
     print("%d run(s) each, interleaved, medians; spread = worst (max-min)/median; "
-          "%.0f s in all" % (repeat, time.time() - t_start))
+          "%.0f s in all; %s" % (repeat, time.time() - t_start,
+                                 "pinned to CPU %d" % PIN_CPU
+                                 if PIN_CPU is not None else "not pinned"))
     if rows:
         print_table(["case", "metric", "libuv", "unixloop", "ul/uv", "spread",
                      "libuv command", "unixloop command"], rows, (0, 1, 6, 7))
