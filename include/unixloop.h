@@ -378,11 +378,18 @@ typedef struct ul_stream_protocol {
   /* First callback, in the iteration after ul_stream_open().  May be NULL. */
   void (*connection_made)(ul_stream *stream, void *ctx);
   /* Bytes received; `data` is valid only during the call.  Required unless
-   * get_buffer and buffer_updated are set (they win when set). */
+   * get_buffer and buffer_updated are set. */
   void (*data_received)(ul_stream *stream, const char *data, size_t len,
                         void *ctx);
   /* BufferedProtocol: return where to read to (at least one byte), its size
-   * in *len; then buffer_updated tells how much was read there. */
+   * in *len; then buffer_updated tells how much was read there.  Called
+   * just before the read; a NULL return ends the stream with -ENOBUFS.
+   * With data_received set as well, the two serve only reads expected to be
+   * big (the stream's last read returned 16 KiB or more, or filled the
+   * buffer get_buffer gave): the others are
+   * read into the loop's memory and given to data_received.  For a binding
+   * that copies what it receives (into a bytes object, say): big reads then
+   * go straight to their final place. */
   char *(*get_buffer)(ul_stream *stream, size_t size_hint, size_t *len,
                       void *ctx);
   void (*buffer_updated)(ul_stream *stream, size_t nbytes, void *ctx);

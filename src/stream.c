@@ -3,7 +3,8 @@
  *
  * Reads go into one buffer per loop (the data is only valid during
  * data_received), or straight into the protocol's buffer for a buffered
- * protocol.  A write to an idle socket made by a callback of the loop is
+ * protocol, and for one that has both kinds of callback when its last read
+ * was big (it spares the copy a binding makes of big reads).  A write to an idle socket made by a callback of the loop is
  * copied and sent at the end of the iteration, together with the other
  * streams' (batch.c: one system call for all); other writes are tried at
  * once.  What the kernel did not take stays in the stream's write buffer,
@@ -93,6 +94,7 @@ struct ul_stream {
                                    sockets epoll reported (ul__streams_read) */
   unsigned held_eof : 1;        /* read EOF while paused: see `held` */
   unsigned held_scheduled : 1;  /* held_cb is queued */
+  unsigned reads_big : 1;       /* the last read filled a batch slot */
   /* Read in a batch, but pause_reading() was called before its delivery:
    * delivered once reading resumes, as asyncio would have read it then. */
   char *held;
@@ -298,6 +300,16 @@ static void read_done(ul_stream *s, char *buf, ssize_t n, int buffered) {
     s->proto->data_received(s, buf, (size_t)n, s->ctx);
 }
 
+/* Whether the next read goes into the protocol's memory (get_buffer) rather
+ * than the loop's: always for a buffered protocol; for one that also has
+ * data_received, when its last read was big -- small reads then go on
+ * being batched and copied by the protocol, big ones cost no copy. */
+static int reads_into_protocol(const ul_stream *s) {
+  if (s->proto->get_buffer == NULL || s->proto->buffer_updated == NULL)
+    return 0;
+  return s->proto->data_received == NULL || s->reads_big;
+}
+
 /* Whether a stream whose read filled the buffer may read again now: its
  * callbacks did not pause, close or hold it. */
 static int may_read_on(const ul_stream *s) {
@@ -310,8 +322,7 @@ static void read_now(ul_stream *s, int reads) {
   do {
     char *buf;
     size_t cap;
-    int buffered = s->proto->get_buffer != NULL &&
-                   s->proto->buffer_updated != NULL;
+    int buffered = reads_into_protocol(s);
     if (buffered) {
       buf = s->proto->get_buffer(s, READ_BUFFER_SIZE, &cap, s->ctx);
       if (buf == NULL || cap == 0) {
@@ -334,6 +345,8 @@ static void read_now(ul_stream *s, int reads) {
     do
       n = s->is_socket ? recv(s->fd, buf, cap, 0) : read(s->fd, buf, cap);
     while (n == -1 && errno == EINTR);
+    if (n >= 0) /* a protocol's buffer may be smaller than a slot */
+      s->reads_big = n >= READ_SLOT_SIZE || (size_t)n == cap;
     read_done(s, buf, n == -1 ? -errno : n, buffered);
     if (n != (ssize_t)cap)
       return;
@@ -349,12 +362,13 @@ static void read_unqueue(ul_stream *s) {
   list_remove(s->loop->reads, s->loop->reads_len, s);
 }
 
-/* A socket with a data_received protocol joins the iteration's batch of
- * reads (a buffered protocol's get_buffer must run just before its read). */
+/* A socket whose next read goes to data_received joins the iteration's
+ * batch of reads (get_buffer must run just before its read).  One whose
+ * last read filled a slot is read on its own, at once: its reads are big,
+ * and a slot would only split them in two. */
 static int read_enqueue(ul_stream *s) {
   ul_loop *loop = s->loop;
-  if (!s->is_socket || s->pipe || (s->proto->get_buffer != NULL &&
-                                   s->proto->buffer_updated != NULL))
+  if (!s->is_socket || s->pipe || s->reads_big || reads_into_protocol(s))
     return -EINVAL;
   if (loop->reads_len == loop->reads_cap) {
     size_t cap = loop->reads_cap ? loop->reads_cap * 2 : 64;
@@ -476,8 +490,10 @@ void ul__streams_read(ul_loop *loop) {
       full[k] = 0;
       if (s->closing || s->paused || s->held_len > 0 || s->held_eof)
         read_hold(s, ops[k].data, ops[k].result);
-      else if (ops[k].result == READ_SLOT_SIZE)
+      else if (ops[k].result == READ_SLOT_SIZE) {
+        s->reads_big = 1;
         full[k] = read_rest(s, ops[k].data);
+      }
       else
         read_done(s, ops[k].data, ops[k].result, 0);
     }

@@ -42,6 +42,7 @@ typedef struct {
   PyObject *dict;
   PyObject *weakreflist;
   Py_buffer rbuf;           /* the protocol's buffer during a read */
+  PyObject *rbytes;         /* the bytes a big read goes into (on_read_bytes) */
   int has_rbuf;
   int protocol_paused;      /* pause_writing called, resume_writing not yet */
   int fd;
@@ -241,18 +242,56 @@ static void on_made(ul_stream *stream, void *ctx) {
   Py_XDECREF(r);
 }
 
-static void on_data(ul_stream *stream, const char *data, size_t len,
-                    void *ctx) {
-  TransportObj *t = ctx;
-  (void)stream;
+/* Calls data_received(bytes) and drops the reference; NULL (no memory)
+ * ends the connection as data_received raising would. */
+static void deliver_bytes(TransportObj *t, PyObject *bytes) {
   double t0 = slow_start(t);
-  PyObject *bytes = PyBytes_FromStringAndSize(data, (Py_ssize_t)len);
   PyObject *r = bytes ? PyObject_CallOneArg(t->data_received, bytes) : NULL;
   slow_end(t, t0, "_read_ready");
   Py_XDECREF(bytes);
   if (r == NULL)
     fatal_error(t, "Fatal error: protocol.data_received() call failed.");
   Py_XDECREF(r);
+}
+
+static void on_data(ul_stream *stream, const char *data, size_t len,
+                    void *ctx) {
+  (void)stream;
+  deliver_bytes(ctx, PyBytes_FromStringAndSize(data, (Py_ssize_t)len));
+}
+
+/* Big reads (the stream's last read was 16 KiB or more) go straight into
+ * the bytes object data_received gets, sparing a copy of every byte.  Its
+ * size stays under glibc's default mmap threshold (128 KiB), so that
+ * shrinking it to the read is done in place: a mapped block would be
+ * remapped by every shrink and unmapped by every free (asyncio's sock_recv
+ * with 256 KiB does that).  More than that at once is read on. */
+#define BIG_READ_SIZE (127 * 1024)
+
+static char *on_read_bytes(ul_stream *stream, size_t hint, size_t *len,
+                           void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  (void)hint;
+  if (t->rbytes == NULL) {
+    t->rbytes = PyBytes_FromStringAndSize(NULL, BIG_READ_SIZE);
+    if (t->rbytes == NULL) {
+      PyErr_Clear();
+      return NULL; /* the stream ends with -ENOBUFS */
+    }
+  }
+  *len = BIG_READ_SIZE;
+  return PyBytes_AS_STRING(t->rbytes);
+}
+
+static void on_bytes_read(ul_stream *stream, size_t n, void *ctx) {
+  TransportObj *t = ctx;
+  (void)stream;
+  PyObject *bytes = t->rbytes;
+  t->rbytes = NULL;
+  if ((Py_ssize_t)n < BIG_READ_SIZE && _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
+    bytes = NULL;
+  deliver_bytes(t, bytes);
 }
 
 static char *on_get_buffer(ul_stream *stream, size_t hint, size_t *len,
@@ -397,6 +436,7 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
   release_rbuf(t);
+  Py_CLEAR(t->rbytes);
   t->stream = NULL;
   if (err == -ECANCELED) {
     t->orphaned = 1; /* ul_loop_close(); the loop drops our reference */
@@ -441,6 +481,8 @@ static void on_lost(ul_stream *stream, int err, void *ctx) {
 static const ul_stream_protocol plain_protocol = {
     .connection_made = on_made,
     .data_received = on_data,
+    .get_buffer = on_read_bytes,
+    .buffer_updated = on_bytes_read,
     .eof_received = on_eof,
     .connection_lost = on_lost,
     .pause_writing = on_pause_writing,
@@ -573,6 +615,7 @@ static int Transport_clear(TransportObj *t) {
   Py_CLEAR(t->data_received);
   Py_CLEAR(t->get_buffer);
   Py_CLEAR(t->buffer_updated);
+  Py_CLEAR(t->rbytes);
   Py_CLEAR(t->server);
   Py_CLEAR(t->lost_exc);
   Py_CLEAR(t->empty_waiter);

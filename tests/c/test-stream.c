@@ -193,15 +193,6 @@ static void on_data(ul_stream *s, const char *data, size_t len, void *ctx) {
   after_data(c, s);
 }
 
-static void on_data_never(ul_stream *s, const char *data, size_t len,
-                          void *ctx) {
-  (void)s;
-  (void)data;
-  (void)len;
-  (void)ctx;
-  UL_TEST_FAIL_("data_received called although get_buffer is set\n");
-}
-
 static char *on_get_buffer(ul_stream *s, size_t hint, size_t *len,
                            void *ctx) {
   struct conn *c = ctx;
@@ -281,13 +272,22 @@ static const ul_stream_protocol proto = {
 
 static const ul_stream_protocol buffered_proto = {
     .connection_made = on_made,
-    .data_received = on_data_never, /* get_buffer / buffer_updated win */
     .get_buffer = on_get_buffer,
     .buffer_updated = on_buffer_updated,
     .eof_received = on_eof,
     .connection_lost = on_lost,
     .pause_writing = on_pause,
     .resume_writing = on_resume,
+};
+
+/* Both kinds: small reads go to data_received, big ones to the buffer. */
+static const ul_stream_protocol mixed_proto = {
+    .connection_made = on_made,
+    .data_received = on_data,
+    .get_buffer = on_get_buffer,
+    .buffer_updated = on_buffer_updated,
+    .eof_received = on_eof,
+    .connection_lost = on_lost,
 };
 
 static void conn_open(struct conn *c, int fd, const ul_stream_protocol *p) {
@@ -1654,7 +1654,8 @@ static ul_loop *batch_loop_new(int no_io_uring) {
   return loop;
 }
 
-static void batch_open(struct batch *b, int no_io_uring) {
+static void batch_open_with(struct batch *b, int no_io_uring,
+                            const ul_stream_protocol *p) {
   memset(b, 0, sizeof *b);
   b->loop = batch_loop_new(no_io_uring);
   for (int i = 0; i < NCONN; i++) {
@@ -1662,9 +1663,13 @@ static void batch_open(struct batch *b, int no_io_uring) {
     conn_init(&b->c[i], b->loop);
     test_socketpair(sv);
     b->peer[i] = sv[1];
-    conn_open(&b->c[i], sv[0], &proto);
+    conn_open(&b->c[i], sv[0], p);
   }
   RUN_UNTIL(b->loop, b->c[0].made && b->c[1].made && b->c[2].made);
+}
+
+static void batch_open(struct batch *b, int no_io_uring) {
+  batch_open_with(b, no_io_uring, &proto);
 }
 
 static void batch_close(struct batch *b) {
@@ -2016,6 +2021,67 @@ static void check_batched_big_read(int no_io_uring) {
 TEST_IMPL(stream_batched_read_more_than_a_slot) {
   check_batched_big_read(0);
   check_batched_big_read(1);
+  return 0;
+}
+
+/* A protocol with data_received and get_buffer / buffer_updated: reads go
+ * to data_received (batched with the other sockets') until one returns a
+ * slot's worth; from then on into get_buffer's memory, as long as reads
+ * stay big (>= 16 KiB, or filling that memory); then back. */
+static void check_mixed_reads(int no_io_uring) {
+  struct batch b;
+  size_t big = 40 * 1024;
+  size_t total = 100 + 2 * big + 100;
+  char *data = pattern_new(total);
+  size_t at = 0;
+  batch_open_with(&b, no_io_uring, &mixed_proto);
+  struct conn *c = &b.c[0];
+  for (int i = 0; i < NCONN; i++)
+    b.c[i].bsize = 1000;
+
+  /* Small reads: data_received, for all three in one batch. */
+  for (int i = 0; i < NCONN; i++)
+    ASSERT_EQ(100, write(b.peer[i], data, 100));
+  at = 100;
+  ASSERT_OK(ul_loop_run_once(b.loop, 1));
+  for (int i = 0; i < NCONN; i++) {
+    ASSERT_EQ(100, b.c[i].rlen);
+    ASSERT_EQ(0, b.c[i].gets);
+  }
+
+  /* A big one read in the batch fills its slot: still data_received, in
+   * one call, from the loop's memory. */
+  ASSERT_EQ((ssize_t)big, write(b.peer[0], data + at, big));
+  at += big;
+  ASSERT_EQ(1, write(b.peer[1], "x", 1));
+  ASSERT_EQ(1, write(b.peer[2], "y", 1));
+  ASSERT_OK(ul_loop_run_once(b.loop, 1));
+  ASSERT_EQ(at, c->rlen);
+  ASSERT_EQ(2, c->data_calls);
+  ASSERT_EQ(0, c->gets);
+
+  /* The next reads go into the protocol's 1000-byte buffers; the last of
+   * them is smaller (40960 = 40 * 1000 + 960). */
+  ASSERT_EQ((ssize_t)big, write(b.peer[0], data + at, big));
+  at += big;
+  RUN_UNTIL(b.loop, c->rlen == at);
+  ASSERT_EQ(41, c->gets);
+  ASSERT_EQ(2 + 41, c->data_calls);
+
+  /* That one was small: data_received again. */
+  ASSERT_EQ(100, write(b.peer[0], data + at, 100));
+  at += 100;
+  RUN_UNTIL(b.loop, c->rlen == at);
+  ASSERT_EQ(41, c->gets);
+  ASSERT_EQ(2 + 41 + 1, c->data_calls);
+  check_pattern(c->rbuf, c->rlen);
+  free(data);
+  batch_close(&b);
+}
+
+TEST_IMPL(stream_mixed_protocol_big_reads_into_buffer) {
+  check_mixed_reads(0);
+  check_mixed_reads(1);
   return 0;
 }
 

@@ -80,6 +80,41 @@ def test_round_trip_eof_and_close_order(aloop, no_fd_leak):
         peer.close()
 
 
+class Keeper(Recorder):
+    """Keeps every bytes object data_received got, as it got it."""
+
+    def __init__(self):
+        super().__init__()
+        self.chunks = []
+
+    def data_received(self, data):
+        self.chunks.append(data)
+
+
+def test_big_and_small_reads_each_get_their_own_bytes(aloop, no_fd_leak):
+    # unixloop reads big chunks straight into the bytes object it hands to
+    # data_received: no later read may write into one handed out before.
+    transport, proto, peer = make_pair(aloop, Keeper)
+    sizes = [100, 40 * 1024, 300 * 1024, 200, 1024 * 1024 + 7, 1]
+    payload = bytes(range(256)) * (sum(sizes) // 256 + 1)
+    try:
+        async def send():
+            at = 0
+            for n in sizes:
+                await aloop.sock_sendall(peer, payload[at:at + n])
+                await asyncio.sleep(0)
+                at += n
+            peer.shutdown(socket.SHUT_WR)
+            await proto.done
+        aloop.run_until_complete(send())
+        assert all(type(c) is bytes and c for c in proto.chunks)
+        assert b''.join(proto.chunks) == payload[:sum(sizes)]
+        assert proto.events[-1] == ('lost', None)
+    finally:
+        transport.close()
+        peer.close()
+
+
 def test_write_errors_like_asyncio(aloop, no_fd_leak):
     transport, proto, peer = make_pair(aloop)
     try:
