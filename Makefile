@@ -60,7 +60,11 @@ build-asan: deps
 
 build-py: $(VENV)/.installed
 
+# setuptools skips an extension whose sources are not newer than it to the
+# second, and so misses an edit made in the second of the last build: make
+# has decided, so the old extension goes first.
 $(VENV)/.installed: $(PY_INPUTS) | $(PY)
+	rm -f build-py/lib*/unixloop/_core*.so
 	$(PY) -m pip install --no-build-isolation --no-deps -q .
 	@touch $@
 

@@ -389,7 +389,10 @@ typedef struct ul_stream_protocol {
    * buffer get_buffer gave): the others are
    * read into the loop's memory and given to data_received.  For a binding
    * that copies what it receives (into a bytes object, say): big reads then
-   * go straight to their final place. */
+   * go straight to their final place.  Such a protocol also gets
+   * buffer_updated(stream, 0, ctx) when a read into its buffer brought no
+   * bytes (none had come yet, EOF, an error): it may release the buffer
+   * rather than hold it while the connection idles. */
   char *(*get_buffer)(ul_stream *stream, size_t size_hint, size_t *len,
                       void *ctx);
   void (*buffer_updated)(ul_stream *stream, size_t nbytes, void *ctx);

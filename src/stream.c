@@ -4,12 +4,12 @@
  * Reads go into one buffer per loop (the data is only valid during
  * data_received), or straight into the protocol's buffer for a buffered
  * protocol, and for one that has both kinds of callback when its last read
- * was big (it spares the copy a binding makes of big reads).  A write to an idle socket made by a callback of the loop is
- * copied and sent at the end of the iteration, together with the other
- * streams' (batch.c: one system call for all); other writes are tried at
- * once.  What the kernel did not take stays in the stream's write buffer,
- * which is flushed when the fd is writable.  pause_writing /
- * resume_writing follow the water marks.
+ * was big (it spares the copy a binding makes of big reads).  A write to an
+ * idle socket made by a callback of the loop is copied and sent at the end
+ * of the iteration, together with the other streams' (batch.c: one system
+ * call for all); other writes are tried at once.  What the kernel did not
+ * take stays in the stream's write buffer, which is flushed when the fd is
+ * writable.  pause_writing / resume_writing follow the water marks.
  *
  * Closing is asynchronous: connection_lost always runs from the loop (never
  * from inside a ul_stream_* call), after connection_made, and the stream is
@@ -285,6 +285,12 @@ static void on_eof(ul_stream *s) {
 /* Hands what one read returned (bytes, 0 at EOF, or -errno) to the
  * protocol.  buf is the loop's or, for a buffered protocol, its own. */
 static void read_done(ul_stream *s, char *buf, ssize_t n, int buffered) {
+  if (n <= 0 && buffered && s->proto->data_received != NULL) {
+    /* A protocol of both kinds may let its buffer go (see unixloop.h). */
+    s->proto->buffer_updated(s, 0, s->ctx);
+    if (s->closing)
+      return;
+  }
   if (n < 0) {
     if (n != -EAGAIN && n != -EWOULDBLOCK)
       fatal(s, (int)n);
@@ -493,8 +499,7 @@ void ul__streams_read(ul_loop *loop) {
       else if (ops[k].result == READ_SLOT_SIZE) {
         s->reads_big = 1;
         full[k] = read_rest(s, ops[k].data);
-      }
-      else
+      } else
         read_done(s, ops[k].data, ops[k].result, 0);
     }
     /* Then those whose big buffer filled read on, each on its own. */

@@ -289,6 +289,11 @@ static void on_bytes_read(ul_stream *stream, size_t n, void *ctx) {
   (void)stream;
   PyObject *bytes = t->rbytes;
   t->rbytes = NULL;
+  if (n == 0) {
+    /* The read brought nothing: an idle connection holds no 127 KiB. */
+    Py_XDECREF(bytes);
+    return;
+  }
   if ((Py_ssize_t)n < BIG_READ_SIZE && _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
     bytes = NULL;
   deliver_bytes(t, bytes);

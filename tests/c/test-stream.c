@@ -117,6 +117,7 @@ struct conn {
   size_t bsize;
   char *last_buf;
   int gets;
+  int empties;         /* buffer_updated(0): a read into last_buf found nothing */
   size_t min_hint;
 };
 
@@ -280,12 +281,25 @@ static const ul_stream_protocol buffered_proto = {
     .resume_writing = on_resume,
 };
 
+/* A protocol of both kinds is told when a read into its buffer brought
+ * nothing; a buffered one never is (on_buffer_updated checks). */
+static void on_mixed_buffer_updated(ul_stream *s, size_t n, void *ctx) {
+  struct conn *c = ctx;
+  if (n > 0) {
+    on_buffer_updated(s, n, ctx);
+    return;
+  }
+  ASSERT_NOT_NULL(c->last_buf);
+  c->last_buf = NULL;
+  c->empties++;
+}
+
 /* Both kinds: small reads go to data_received, big ones to the buffer. */
 static const ul_stream_protocol mixed_proto = {
     .connection_made = on_made,
     .data_received = on_data,
     .get_buffer = on_get_buffer,
-    .buffer_updated = on_buffer_updated,
+    .buffer_updated = on_mixed_buffer_updated,
     .eof_received = on_eof,
     .connection_lost = on_lost,
 };
@@ -2031,7 +2045,7 @@ TEST_IMPL(stream_batched_read_more_than_a_slot) {
 static void check_mixed_reads(int no_io_uring) {
   struct batch b;
   size_t big = 40 * 1024;
-  size_t total = 100 + 2 * big + 100;
+  size_t total = 100 + 3 * big + 100 + 4000;
   char *data = pattern_new(total);
   size_t at = 0;
   batch_open_with(&b, no_io_uring, &mixed_proto);
@@ -2067,6 +2081,7 @@ static void check_mixed_reads(int no_io_uring) {
   RUN_UNTIL(b.loop, c->rlen == at);
   ASSERT_EQ(41, c->gets);
   ASSERT_EQ(2 + 41, c->data_calls);
+  ASSERT_EQ(0, c->empties);
 
   /* That one was small: data_received again. */
   ASSERT_EQ(100, write(b.peer[0], data + at, 100));
@@ -2074,6 +2089,26 @@ static void check_mixed_reads(int no_io_uring) {
   RUN_UNTIL(b.loop, c->rlen == at);
   ASSERT_EQ(41, c->gets);
   ASSERT_EQ(2 + 41 + 1, c->data_calls);
+
+  /* Big again, in whole buffers: the read after the last full one finds
+   * nothing, and the protocol hears of it. */
+  ASSERT_EQ((ssize_t)big, write(b.peer[0], data + at, big));
+  at += big;
+  RUN_UNTIL(b.loop, c->rlen == at);
+  int gets = c->gets;
+  ASSERT_EQ(4000, write(b.peer[0], data + at, 4000));
+  at += 4000;
+  RUN_UNTIL(b.loop, c->rlen == at);
+  ASSERT_EQ(gets + 4 + 1, c->gets);
+  ASSERT_EQ(1, c->empties);
+  ASSERT_NULL(c->last_buf);
+
+  /* EOF found by a read into the buffer: told, then eof_received. */
+  ASSERT_OK(shutdown(b.peer[0], SHUT_WR));
+  RUN_UNTIL(b.loop, c->eofs == 1);
+  ASSERT_EQ(gets + 4 + 2, c->gets);
+  ASSERT_EQ(2, c->empties);
+  ASSERT_EQ(at, c->rlen);
   check_pattern(c->rbuf, c->rlen);
   free(data);
   batch_close(&b);

@@ -2,6 +2,7 @@
 asyncio's transports sees, compared with stock asyncio where it makes sense."""
 import asyncio
 import socket
+import tracemalloc
 
 import pytest
 
@@ -112,6 +113,43 @@ def test_big_and_small_reads_each_get_their_own_bytes(aloop, no_fd_leak):
         assert proto.events[-1] == ('lost', None)
     finally:
         transport.close()
+        peer.close()
+
+
+def test_idle_connection_holds_no_read_buffer(aloop, no_fd_leak):
+    # After a big read, unixloop reads into a bytes object it allocates
+    # before the read; when the read finds nothing (the bytes came in whole
+    # buffers), that object must not stay with the idle connection.
+    class Counter(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+            self.want = None
+
+        def data_received(self, data):
+            self.count += len(data)
+            if self.want is not None and self.count >= self.want[0]:
+                self.want[1].set_result(None)
+
+    async def deliver(n):
+        proto.want = (proto.count + n, aloop.create_future())
+        peer.send(b'x' * n)  # fits in the socket buffer at once
+        await proto.want[1]
+
+    whole = 127 * 1024  # the transport's big read size
+    transport, proto, peer = make_pair(aloop, Counter)
+    tracemalloc.start()
+    try:
+        aloop.run_until_complete(deliver(20 * 1024))  # makes its reads big
+        aloop.run_until_complete(deliver(whole))
+        held = [t for t in tracemalloc.take_snapshot().traces
+                if t.size >= whole]
+        assert held == []
+        assert proto.count == 20 * 1024 + whole
+    finally:
+        tracemalloc.stop()
+        transport.close()
+        aloop.run_until_complete(proto.done)
         peer.close()
 
 
