@@ -9,6 +9,7 @@ every loop, then run 2, ...), and the table shows medians.  See README.md.
     python3 bench/pybench.py --quick              # smoke test, < 1 minute
     python3 bench/pybench.py --loop asyncio,uvloop --only 'echo_*' --repeat 3
     python3 bench/pybench.py --all --json results.jsonl
+    python3 bench/pybench.py --loop raw,uvloop,unixloop --only 'echo_proto_*'
 
 Run it with the interpreter whose packages you want to compare (the project
 venv, made with --system-site-packages, sees Debian's uvloop).
@@ -32,6 +33,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_LOOPS = ("asyncio", "uvloop", "unixloop")
+# Not a loop: bench/c/echo_server.c, a raw-epoll C echo server, run as the
+# server of the echo workloads only (--loop raw,...): what one recv() and one
+# send() per request cost with nothing above them.  A loop that batches its
+# system calls can go below it (small messages); with big ones the copies
+# dominate and it is the floor.
+RAW = "raw"
 RECV_SIZE = 65536          # sock_recv / StreamReader.read size of the echo servers
 ECHO_CONNECTIONS = 16
 
@@ -41,7 +48,7 @@ ECHO_CONNECTIONS = 16
 # --------------------------------------------------------------------------
 
 def new_loop(name):
-    if name == "asyncio":
+    if name in ("asyncio", RAW):  # raw: a stock loop only waits for the client
         return asyncio.new_event_loop()
     if name == "uvloop":
         import uvloop
@@ -55,6 +62,8 @@ def new_loop(name):
 def loop_version(name):
     if name == "asyncio":
         return platform.python_version()
+    if name == RAW:
+        return "C epoll"
     mod = __import__(name)
     return getattr(mod, "__version__", "?")
 
@@ -413,10 +422,60 @@ def pin_cpus():
     return cpus[:2] if len(cpus) >= 2 else None
 
 
-def run_client(loop, cmd, cleanup):
+def _self_cpu():
+    return _cpu(resource.getrusage(resource.RUSAGE_SELF))
+
+
+def _proc_cpu(pid):
+    """Seconds process `pid` has run on a CPU (all its threads), to the
+    nanosecond: the first field of /proc/PID/schedstat."""
+    def cpu():
+        with open("/proc/%d/schedstat" % pid) as f:
+            return int(f.read().split()[0]) / 1e9
+    return cpu
+
+
+def run_echo_raw(family, size, warmup, duration, client):
+    """run_echo with bench/c/echo_server as the server, in a process of its
+    own on the server's CPU; its CPU time is read from /proc."""
+    tmpdir = None
+    cmd = [os.path.join(os.path.dirname(client), "echo_server")]
+    if family == "tcp":
+        cmd += ["-a", "127.0.0.1:0"]
+    else:
+        tmpdir = tempfile.mkdtemp(prefix="pybench-")
+        path = os.path.join(tmpdir, "echo.sock")
+        cmd += ["-u", path]
+    pins = pin_cpus()
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                              preexec_fn=(lambda: os.sched_setaffinity(0, {pins[0]}))
+                              if pins else None)
+    loop = new_loop(RAW)
+    try:
+        ready = json.loads(server.stdout.readline() or "{}")
+        if ready.get("event") != "listening":
+            raise RuntimeError("echo_server did not start (rc=%s)" % server.poll())
+        if family == "tcp":
+            target = ["-a", "127.0.0.1:%d" % ready["port"]]
+        else:
+            target = ["-u", path]
+        ccmd = [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
+                                    "-d", str(duration), "-w", str(warmup)]
+        return run_client(loop, ccmd, lambda: None, _proc_cpu(server.pid))[0]
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()
+        loop.close()
+        if tmpdir:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def run_client(loop, cmd, cleanup, cpu=_self_cpu):
     """Runs the load generator `cmd` (echo_client, udp_client) against the
     server on `loop` and measures this process's CPU time (getrusage) over
-    the client's measured window; `cleanup()` runs once the client is done.
+    the client's measured window (or the clock `cpu()` given);
+    `cleanup()` runs once the client is done.
     The client's stdout is read by a helper thread that is blocked in read()
     except at the two window marks.  Server and client run on CPUs of their
     own (pin_cpus).  Returns (figures, the client's result line)."""
@@ -433,10 +492,10 @@ def run_client(loop, cmd, cleanup):
         for line in proc.stdout:
             msg = json.loads(line)
             if msg.get("event") == "start":
-                marks["ru0"] = resource.getrusage(resource.RUSAGE_SELF)
+                marks["cpu0"] = cpu()
                 marks["t0"] = time.perf_counter()
             else:
-                marks["ru1"] = resource.getrusage(resource.RUSAGE_SELF)
+                marks["cpu1"] = cpu()
                 marks["t1"] = time.perf_counter()
                 marks["result"] = msg
                 break
@@ -456,17 +515,17 @@ def run_client(loop, cmd, cleanup):
         raise RuntimeError("%s failed (rc=%s): %s"
                            % (os.path.basename(cmd[0]), rc, err))
     res = marks["result"]
-    cpu = _cpu(marks["ru1"]) - _cpu(marks["ru0"])
+    used = marks["cpu1"] - marks["cpu0"]
     window = marks["t1"] - marks["t0"]
     reqs = res["requests"]
     return {
         "value": res["rps"],
         "requests": reqs,
         "seconds": res["seconds"],
-        "server_cpu_s": cpu,
+        "server_cpu_s": used,
         "server_window_s": window,
-        "server_busy": cpu / window if window > 0 else None,
-        "cpu_us_per_req": cpu / reqs * 1e6 if reqs else None,
+        "server_busy": used / window if window > 0 else None,
+        "cpu_us_per_req": used / reqs * 1e6 if reqs else None,
     }, res
 
 
@@ -513,6 +572,12 @@ WORKLOADS = _workloads()
 
 def worker(args):
     w = WORKLOADS[args.worker]
+    if args.loop == RAW:
+        res = run_echo_raw(w.params["family"], w.params["size"], args.warmup,
+                           args.duration, args.echo_client)
+        res["loop_version"] = loop_version(RAW)
+        print(json.dumps(res), flush=True)
+        return
     loop = new_loop(args.loop)
     asyncio.set_event_loop(loop)
     try:
@@ -570,16 +635,19 @@ def check_loop(python, name):
     return p.stdout.strip(), None
 
 
-def ensure_echo_client(path, explicit):
-    if os.access(path, os.X_OK):
+def ensure_echo_client(path, explicit, raw=False):
+    """The echo client at `path` (and, for the raw contender, echo_server
+    beside it), built if missing unless the path was given."""
+    server = os.path.join(os.path.dirname(path), "echo_server")
+    if os.access(path, os.X_OK) and (not raw or os.access(server, os.X_OK)):
         return True
     if explicit:
         return False
-    p = subprocess.run(["make", "-C", HERE, "build/echo_client"],
+    p = subprocess.run(["make", "-C", HERE, "build/echo_client", "build/echo_server"],
                        capture_output=True, text=True)
     if p.returncode != 0:
         sys.stderr.write(p.stdout + p.stderr)
-    return os.access(path, os.X_OK)
+    return os.access(path, os.X_OK) and (not raw or os.access(server, os.X_OK))
 
 
 def print_table(rows, loops, out=sys.stdout):
@@ -596,6 +664,12 @@ def print_table(rows, loops, out=sys.stdout):
             "%.0f%%" % (r["spread"] * 100) if r["spread"] is not None else "-",
             ratio(m.get("uvloop"), m.get("asyncio")),
         ])
+    if RAW in loops:  # the floor: how far each loop's server is above it
+        table[0] += ["raw C", "unixloop/raw", "uvloop/raw"]
+        for row, r in zip(table[1:], rows):
+            m = r["medians"]
+            row += [fmt(m.get(RAW)), ratio(m.get("unixloop"), m.get(RAW)),
+                    ratio(m.get("uvloop"), m.get(RAW))]
     write_table(table, out)
 
 
@@ -628,8 +702,9 @@ def driver(args):
     python = args.python or sys.executable
     loops = [x.strip() for x in args.loop.split(",") if x.strip()]
     for name in loops:
-        if name not in ALL_LOOPS:
-            sys.exit("unknown loop %r (choose from %s)" % (name, ",".join(ALL_LOOPS)))
+        if name not in ALL_LOOPS + (RAW,):
+            sys.exit("unknown loop %r (choose from %s)"
+                     % (name, ",".join(ALL_LOOPS + (RAW,))))
 
     if args.only:
         pats = args.only.split(",")
@@ -666,7 +741,7 @@ def driver(args):
 
     client = args.echo_client or os.path.join(HERE, "build", "echo_client")
     if any(WORKLOADS[n].kind == "echo" for n in names):
-        if not ensure_echo_client(client, bool(args.echo_client)):
+        if not ensure_echo_client(client, bool(args.echo_client), RAW in usable):
             msg = "note: skipping echo workloads: no echo client at %s (make -C bench)" % client
             print(msg, file=sys.stderr)
             notes.append(msg)
@@ -689,6 +764,8 @@ def driver(args):
         errors = {}
         for run in range(1, repeat + 1):
             for l in usable:
+                if l == RAW and w.kind != "echo":
+                    continue  # the C server only serves the echo workloads
                 cmd = [python, os.path.abspath(__file__), "--worker", name,
                        "--loop", l, "--warmup", str(warm), "--duration", str(dur),
                        "--echo-client", client]
