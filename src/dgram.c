@@ -175,7 +175,7 @@ static void report_error(ul_dgram *d, int err) {
 
 static char *loop_recv_area(ul_loop *loop) {
   if (loop->dgram_buf == NULL)
-    loop->dgram_buf = malloc(RECV_AREA_SIZE);
+    loop->dgram_buf = ul__recv_area_alloc(RECV_AREA_SIZE);
   return loop->dgram_buf;
 }
 

@@ -161,7 +161,7 @@ static ssize_t step_fallback(sendfile_req *req, int *need_read) {
   if (req->boff == req->blen) {
     uint64_t want = remaining(req);
     size_t n = want > CHUNK ? CHUNK : (size_t)want;
-    if (req->buf == NULL && (req->buf = malloc(CHUNK)) == NULL) {
+    if (req->buf == NULL && (req->buf = ul__recv_area_alloc(CHUNK)) == NULL) {
       req->file_error = 1;
       return -ENOMEM;
     }

@@ -265,7 +265,7 @@ static void maybe_resume_protocol(ul_stream *s) {
 
 static char *loop_read_buffer(ul_loop *loop) {
   if (loop->read_buf == NULL)
-    loop->read_buf = malloc(READ_BUFFER_SIZE);
+    loop->read_buf = ul__recv_area_alloc(READ_BUFFER_SIZE);
   return loop->read_buf;
 }
 
@@ -440,7 +440,8 @@ static void held_cb(ul_loop *loop, void *arg, int status) {
 
 static char *loop_read_slots(ul_loop *loop) {
   if (loop->read_slots == NULL)
-    loop->read_slots = malloc((size_t)READ_SLOTS * READ_SLOT_SIZE);
+    loop->read_slots =
+        ul__recv_area_alloc((size_t)READ_SLOTS * READ_SLOT_SIZE);
   return loop->read_slots;
 }
 
