@@ -149,6 +149,14 @@ int ulpy_stream_write(ul_stream *stream, PyObject *data, const Py_buffer *view);
 PyObject *ulpy_stream_set_write_buffer_limits(LoopObj *loop,
                                               ul_stream *stream,
                                               PyObject *args, PyObject *kw);
+/* Reads straight into the bytes object data_received gets (a stream
+ * protocol's get_buffer / buffer_updated).  ulpy_read_bytes_buffer makes
+ * *slot a bytes object of `size` (keeping one of that size) and returns its
+ * memory, or NULL with no error set when memory is short;
+ * ulpy_read_bytes_take hands it over cut to the `n` bytes read (NULL when
+ * that fails, or when there was none), leaving *slot NULL. */
+char *ulpy_read_bytes_buffer(PyObject **slot, Py_ssize_t size);
+PyObject *ulpy_read_bytes_take(PyObject **slot, size_t n);
 
 /* _core_pipe.c: ReadPipeTransport, WritePipeTransport */
 int ulpy_pipe_exec(PyObject *mod, core_state *st);

@@ -71,17 +71,9 @@ static char *on_get_buffer(ul_stream *stream, size_t hint, size_t *len,
   Py_ssize_t size = MAX_READ_SIZE;
   if (ioctl(ul_stream_fileno(stream), FIONREAD, &avail) == 0)
     size = avail <= 0 ? 1 : avail < MAX_READ_SIZE ? avail : MAX_READ_SIZE;
-  if (t->rbytes != NULL && PyBytes_GET_SIZE(t->rbytes) != size)
-    Py_CLEAR(t->rbytes);
-  if (t->rbytes == NULL) {
-    t->rbytes = PyBytes_FromStringAndSize(NULL, size);
-    if (t->rbytes == NULL) {
-      PyErr_Clear();
-      return NULL; /* the stream ends with -ENOBUFS */
-    }
-  }
   *len = (size_t)size;
-  return PyBytes_AS_STRING(t->rbytes);
+  /* NULL: the stream ends with -ENOBUFS */
+  return ulpy_read_bytes_buffer(&t->rbytes, size);
 }
 
 /* asyncio calls data_received from the reader's callback: an exception is
@@ -89,11 +81,7 @@ static char *on_get_buffer(ul_stream *stream, size_t hint, size_t *len,
 static void on_buffer_updated(ul_stream *stream, size_t n, void *ctx) {
   PipeObj *t = ctx;
   (void)stream;
-  PyObject *bytes = t->rbytes;
-  t->rbytes = NULL;
-  if ((Py_ssize_t)n < PyBytes_GET_SIZE(bytes) &&
-      _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
-    bytes = NULL;
+  PyObject *bytes = ulpy_read_bytes_take(&t->rbytes, n);
   PyObject *r = bytes ? PyObject_CallOneArg(t->data_received, bytes) : NULL;
   Py_XDECREF(bytes);
   if (r == NULL)

@@ -268,35 +268,47 @@ static void on_data(ul_stream *stream, const char *data, size_t len,
  * with 256 KiB does that).  More than that at once is read on. */
 #define BIG_READ_SIZE (127 * 1024)
 
+char *ulpy_read_bytes_buffer(PyObject **slot, Py_ssize_t size) {
+  if (*slot != NULL && PyBytes_GET_SIZE(*slot) != size)
+    Py_CLEAR(*slot);
+  if (*slot == NULL) {
+    *slot = PyBytes_FromStringAndSize(NULL, size);
+    if (*slot == NULL) {
+      PyErr_Clear();
+      return NULL;
+    }
+  }
+  return PyBytes_AS_STRING(*slot);
+}
+
+PyObject *ulpy_read_bytes_take(PyObject **slot, size_t n) {
+  PyObject *bytes = *slot;
+  *slot = NULL;
+  if (bytes != NULL && (Py_ssize_t)n < PyBytes_GET_SIZE(bytes) &&
+      _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
+    return NULL;
+  return bytes;
+}
+
 static char *on_read_bytes(ul_stream *stream, size_t hint, size_t *len,
                            void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
   (void)hint;
-  if (t->rbytes == NULL) {
-    t->rbytes = PyBytes_FromStringAndSize(NULL, BIG_READ_SIZE);
-    if (t->rbytes == NULL) {
-      PyErr_Clear();
-      return NULL; /* the stream ends with -ENOBUFS */
-    }
-  }
   *len = BIG_READ_SIZE;
-  return PyBytes_AS_STRING(t->rbytes);
+  /* NULL: the stream ends with -ENOBUFS */
+  return ulpy_read_bytes_buffer(&t->rbytes, BIG_READ_SIZE);
 }
 
 static void on_bytes_read(ul_stream *stream, size_t n, void *ctx) {
   TransportObj *t = ctx;
   (void)stream;
-  PyObject *bytes = t->rbytes;
-  t->rbytes = NULL;
   if (n == 0) {
     /* The read brought nothing: an idle connection holds no 127 KiB. */
-    Py_XDECREF(bytes);
+    Py_CLEAR(t->rbytes);
     return;
   }
-  if ((Py_ssize_t)n < BIG_READ_SIZE && _PyBytes_Resize(&bytes, (Py_ssize_t)n) < 0)
-    bytes = NULL;
-  deliver_bytes(t, bytes);
+  deliver_bytes(t, ulpy_read_bytes_take(&t->rbytes, n));
 }
 
 static char *on_get_buffer(ul_stream *stream, size_t hint, size_t *len,
