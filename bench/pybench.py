@@ -335,6 +335,11 @@ def _cpu(ru):
     return ru.ru_utime + ru.ru_stime
 
 
+def echo_client_cmd(client, target, size, warmup, duration):
+    return [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
+                                "-d", str(duration), "-w", str(warmup)]
+
+
 def run_echo(loop, api, family, size, warmup, duration, client):
     """Serves echo with `api` ('sock', 'proto' or 'streams') on `family`
     ('tcp' or 'unix'), runs the C client against it and measures the
@@ -387,8 +392,7 @@ def run_echo(loop, api, family, size, warmup, duration, client):
         else:
             target = ["-u", path]
 
-    cmd = [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
-                               "-d", str(duration), "-w", str(warmup)]
+    cmd = echo_client_cmd(client, target, size, warmup, duration)
 
     def cleanup():
         for t in tasks:
@@ -459,8 +463,7 @@ def run_echo_raw(family, size, warmup, duration, client):
             target = ["-a", "127.0.0.1:%d" % ready["port"]]
         else:
             target = ["-u", path]
-        ccmd = [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
-                                    "-d", str(duration), "-w", str(warmup)]
+        ccmd = echo_client_cmd(client, target, size, warmup, duration)
         return run_client(loop, ccmd, lambda: None, _proc_cpu(server.pid))[0]
     finally:
         server.kill()
@@ -575,21 +578,20 @@ def worker(args):
     if args.loop == RAW:
         res = run_echo_raw(w.params["family"], w.params["size"], args.warmup,
                            args.duration, args.echo_client)
-        res["loop_version"] = loop_version(RAW)
-        print(json.dumps(res), flush=True)
-        return
-    loop = new_loop(args.loop)
-    asyncio.set_event_loop(loop)
-    try:
-        if w.kind == "micro":
-            res = run_micro(w.params["func"], loop, args.warmup, args.duration)
-        else:
-            res = run_echo(loop, w.params["api"], w.params["family"],
-                           w.params["size"], args.warmup, args.duration,
-                           args.echo_client)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    else:
+        loop = new_loop(args.loop)
+        asyncio.set_event_loop(loop)
+        try:
+            if w.kind == "micro":
+                res = run_micro(w.params["func"], loop, args.warmup,
+                                args.duration)
+            else:
+                res = run_echo(loop, w.params["api"], w.params["family"],
+                               w.params["size"], args.warmup, args.duration,
+                               args.echo_client)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
     res["loop_version"] = loop_version(args.loop)
     print(json.dumps(res), flush=True)
 

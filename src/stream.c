@@ -94,7 +94,8 @@ struct ul_stream {
                                    sockets epoll reported (ul__streams_read) */
   unsigned held_eof : 1;        /* read EOF while paused: see `held` */
   unsigned held_scheduled : 1;  /* held_cb is queued */
-  unsigned reads_big : 1;       /* the last read filled a batch slot */
+  unsigned reads_big : 1;       /* the last read was a slot's worth or more,
+                                   or filled the protocol's buffer */
   /* Read in a batch, but pause_reading() was called before its delivery:
    * delivered once reading resumes, as asyncio would have read it then. */
   char *held;
