@@ -387,9 +387,9 @@ typedef struct ul_stream_protocol {
    * With data_received set as well, the two serve only reads expected to be
    * big (the stream's last read returned 16 KiB or more, or filled the
    * buffer get_buffer gave): the others are read into the loop's memory and
-   * given to data_received.  For a binding
-   * that copies what it receives (into a bytes object, say): big reads then
-   * go straight to their final place.  Such a protocol also gets
+   * given to data_received.  For a binding that copies what it receives
+   * (into a bytes object, say): big reads then go straight to their final
+   * place.  Such a protocol also gets
    * buffer_updated(stream, 0, ctx) when a read into its buffer brought no
    * bytes (none had come yet, EOF, an error): it may release the buffer
    * rather than hold it while the connection idles. */
