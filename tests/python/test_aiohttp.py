@@ -6,11 +6,13 @@ that a difference in behaviour shows as one of the pair failing.
 aiohttp drives what an HTTP stack needs of a loop: create_server and
 create_connection (TCP and UNIX), getaddrinfo in the executor, transports
 with flow control (pause_writing / resume_writing on a large streamed
-response), pause_reading on a large request body, keep-alive, timeouts
-that cancel a pending read, and closing with connections still open.
+response), pause_reading on a large request body, TLS through asyncio's
+sslproto, keep-alive, timeouts that cancel a pending read, and closing with
+connections still open.
 """
 import asyncio
 import os
+import ssl
 import sys
 import tempfile
 
@@ -145,6 +147,34 @@ def test_http_and_websocket_over_unix_socket(aloop):
         # removes it on close from Python 3.13 on (cleanup_socket=True) and
         # leaves it before, on both loops.
         assert os.path.exists(path) == (sys.version_info < (3, 13))
+
+
+def test_https_with_a_verified_certificate(aloop):
+    # CPython's test certificates: keycert3.pem is 'localhost', signed by
+    # pycacert.pem.  The TLS layer is asyncio's sslproto on the loop's
+    # transports.
+    certs = pytest.importorskip(
+        'test.test_asyncio.utils',
+        reason="CPython's test suite is not installed "
+               '(libpython3.11-testsuite; make deps installs it)')
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(certs.SIGNED_CERTFILE)
+    client_ctx = ssl.create_default_context(cafile=certs.SIGNING_CA)
+
+    async def main():
+        runner = web.AppRunner(make_app({}))
+        await runner.setup()
+        site = web.TCPSite(runner, '127.0.0.1', 0, ssl_context=server_ctx)
+        await site.start()
+        base = 'https://localhost:{}'.format(runner.addresses[0][1])
+        try:
+            # localhost may resolve to ::1 first: refused there, the
+            # connector goes on to 127.0.0.1.
+            return await exchange(base, aiohttp.TCPConnector(ssl=client_ctx))
+        finally:
+            await runner.cleanup()
+
+    assert aloop.run_until_complete(main()) == EXPECTED
 
 
 def test_keep_alive_reuses_one_connection(aloop):
