@@ -19,7 +19,8 @@ import tempfile
 import pytest
 
 aiohttp = pytest.importorskip(
-    'aiohttp', reason='python3-aiohttp is not installed (make deps installs it)')
+    'aiohttp',
+    reason='python3-aiohttp is not installed (make deps installs it)')
 from aiohttp import web  # noqa: E402
 
 BIG = 4 * 1024 * 1024  # well past every write buffer's high-water mark
