@@ -6,8 +6,8 @@ that a difference in behaviour shows as one of the pair failing.
 aiohttp drives what an HTTP stack needs of a loop: create_server and
 create_connection (TCP and UNIX), getaddrinfo in the executor, transports
 with flow control (pause_writing / resume_writing on a large streamed
-response), pause_reading on a large request body, TLS through asyncio's
-sslproto, keep-alive, timeouts that cancel a pending read, and closing with
+response), pause_reading on a large request body, loop.sendfile with an
+offset and a count (web.FileResponse), TLS through asyncio's sslproto, keep-alive, timeouts that cancel a pending read, and closing with
 connections still open.
 """
 import asyncio
@@ -176,6 +176,45 @@ def test_https_with_a_verified_certificate(aloop):
             await runner.cleanup()
 
     assert aloop.run_until_complete(main()) == EXPECTED
+
+
+def test_file_response_uses_loop_sendfile(aloop, tmp_path):
+    # web.FileResponse sends with loop.sendfile(transport, file, offset,
+    # count): the whole file, and a Range request's offset and count.
+    data = pattern(3 * 1024 * 1024 + 123)
+    path = tmp_path / 'file.bin'
+    path.write_bytes(data)
+    fallbacks = []
+    real_fallback = aloop._sendfile_fallback
+
+    async def counting_fallback(*args):
+        fallbacks.append(args)
+        return await real_fallback(*args)
+
+    aloop._sendfile_fallback = counting_fallback
+
+    async def main():
+        async def download(request):
+            return web.FileResponse(path)
+
+        app = web.Application()
+        app.add_routes([web.get('/file', download)])
+        runner, base = await serve(app)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(base + '/file') as r:
+                    whole = (r.status, await r.read())
+                ranged = {'Range': 'bytes=1000-200999'}
+                async with session.get(base + '/file', headers=ranged) as r:
+                    part = (r.status, await r.read())
+        finally:
+            await runner.cleanup()
+        return whole, part
+
+    whole, part = aloop.run_until_complete(main())
+    assert whole == (200, data)
+    assert part == (206, data[1000:201000])
+    assert fallbacks == []  # a plain socket transport: sendfile(2) served
 
 
 def test_keep_alive_reuses_one_connection(aloop):
