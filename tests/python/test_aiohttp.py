@@ -7,7 +7,8 @@ aiohttp drives what an HTTP stack needs of a loop: create_server and
 create_connection (TCP and UNIX), getaddrinfo in the executor, transports
 with flow control (pause_writing / resume_writing on a large streamed
 response), pause_reading on a large request body, loop.sendfile with an
-offset and a count (web.FileResponse), TLS through asyncio's sslproto, keep-alive, timeouts that cancel a pending read, and closing with
+offset and a count (web.FileResponse), TLS through asyncio's sslproto,
+keep-alive, timeouts that cancel a pending read, and closing with
 connections still open.
 """
 import asyncio
