@@ -336,17 +336,42 @@ def _cpu(ru):
 
 
 def echo_client_cmd(client, target, size, warmup, duration):
-    return [client] + target + ["-c", str(ECHO_CONNECTIONS), "-s", str(size),
-                                "-d", str(duration), "-w", str(warmup)]
+    """size: bytes per echo, or an URL path (str): HTTP GETs of it."""
+    what = ["-H", size] if isinstance(size, str) else ["-s", str(size)]
+    return [client] + target + ["-c", str(ECHO_CONNECTIONS)] + what + [
+        "-d", str(duration), "-w", str(warmup)]
+
+
+HTTP_BODY = "Hello, World!"
+
+
+async def _start_aiohttp(family, host, path):
+    """An aiohttp application answering GET / with HTTP_BODY; returns its
+    runner (cleanup() stops it) and the port (0 on a UNIX socket)."""
+    from aiohttp import web
+
+    async def hello(request):
+        return web.Response(text=HTTP_BODY)
+
+    app = web.Application()
+    app.add_routes([web.get("/", hello)])
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    if family == "tcp":
+        await web.TCPSite(runner, host, 0).start()
+        return runner, runner.addresses[0][1]
+    await web.UnixSite(runner, path).start()
+    return runner, 0
 
 
 def run_echo(loop, api, family, size, warmup, duration, client):
-    """Serves echo with `api` ('sock', 'proto' or 'streams') on `family`
-    ('tcp' or 'unix'), runs the C client against it and measures the
-    server's CPU time (run_client)."""
+    """Serves echo with `api` ('sock', 'proto' or 'streams'), or HTTP with
+    aiohttp ('http'), on `family` ('tcp' or 'unix'), runs the C client
+    against it and measures the server's CPU time (run_client)."""
     tmpdir = None
     lsock = None
     server = None
+    runner = None
     tasks = set()
     if family == "tcp":
         host = "127.0.0.1"
@@ -376,6 +401,12 @@ def run_echo(loop, api, family, size, warmup, duration, client):
                 tasks.add(loop.create_task(_sock_echo(loop, conn)))
 
         tasks.add(loop.create_task(accept_loop()))
+    elif api == "http":
+        runner, port = loop.run_until_complete(
+            _start_aiohttp(family, "127.0.0.1",
+                           path if family == "unix" else None))
+        target = ["-a", "127.0.0.1:%d" % port] if family == "tcp" else ["-u", path]
+        size = "/"
     else:
         async def start():
             if api == "proto":
@@ -404,6 +435,8 @@ def run_echo(loop, api, family, size, warmup, duration, client):
         if server is not None:
             server.close()
             loop.run_until_complete(server.wait_closed())
+        if runner is not None:
+            loop.run_until_complete(runner.cleanup())
 
     try:
         return run_client(loop, cmd, cleanup)[0]
@@ -540,9 +573,14 @@ class Workload:
     def __init__(self, name, metric, kind, default=True, **params):
         self.name = name
         self.metric = metric
-        self.kind = kind          # "micro" or "echo"
+        self.kind = kind          # "micro" or "echo" (echo_client drives it)
         self.default = default
         self.params = params
+
+    @property
+    def raw_serves(self):
+        """bench/c/echo_server can be the server (it speaks echo, not HTTP)."""
+        return self.kind == "echo" and self.params["api"] != "http"
 
 
 def _workloads():
@@ -563,6 +601,9 @@ def _workloads():
                 wl.append(Workload("echo_%s_%s_%s" % (api, family, label), "req/s",
                                    "echo", default=default, api=api,
                                    family=family, size=size))
+    for family in ("tcp", "unix"):
+        wl.append(Workload("http_aiohttp_%s" % family, "req/s", "echo",
+                           default=False, api="http", family=family, size=0))
     return {w.name: w for w in wl}
 
 
@@ -749,6 +790,17 @@ def driver(args):
             notes.append(msg)
             names = [n for n in names if WORKLOADS[n].kind != "echo"]
 
+    if any(WORKLOADS[n].params.get("api") == "http" for n in names):
+        p = subprocess.run([python, "-c", "import aiohttp"],
+                           capture_output=True)
+        if p.returncode != 0:
+            msg = ("note: skipping http workloads: aiohttp cannot be imported "
+                   "(Debian: python3-aiohttp)")
+            print(msg, file=sys.stderr)
+            notes.append(msg)
+            names = [n for n in names
+                     if WORKLOADS[n].params.get("api") != "http"]
+
     print("# python %s (%s); loops: %s; %d run(s) each, interleaved; "
           "micro %.2gs+%.2gs warm-up, echo %.2gs+%.2gs warm-up, %d connections"
           % (platform.python_version(), python,
@@ -766,7 +818,7 @@ def driver(args):
         errors = {}
         for run in range(1, repeat + 1):
             for l in usable:
-                if l == RAW and w.kind != "echo":
+                if l == RAW and not w.raw_serves:
                     continue  # the C server only serves the echo workloads
                 cmd = [python, os.path.abspath(__file__), "--worker", name,
                        "--loop", l, "--warmup", str(warm), "--duration", str(dur),

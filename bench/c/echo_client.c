@@ -2,10 +2,14 @@
  * echo_client -- a raw-epoll echo load generator (no event-loop library).
  *
  *   echo_client -a HOST:PORT | -u PATH  [-c 16] [-s 1024] [-d 2] [-w 0.5] [-V]
+ *               [-H URL_PATH]
  *
  * Opens `c` stream connections (TCP with TCP_NODELAY, or UNIX-domain).  Each
  * connection sends one message of `s` bytes, waits until all `s` bytes have
  * come back, and sends the next one (one request in flight per connection).
+ * With -H the message is an HTTP/1.1 request, "GET URL_PATH" on a kept-alive
+ * connection, and what must come back is one response: a 200 status line,
+ * headers with a Content-Length, and that many bytes of body (-s is unused).
  * The first `w` seconds are a warm-up; then it prints the line
  *
  *   {"event": "start"}
@@ -34,17 +38,21 @@
 #include <time.h>
 #include <unistd.h>
 
+#define HTTP_RESPONSE_MAX 16384
+
 typedef struct conn {
   int fd;
   size_t sent;     /* bytes of the current request written */
-  size_t got;      /* bytes of the current echo read */
+  size_t got;      /* bytes of the current echo (or response) read */
   int want_out;    /* EPOLLOUT armed */
+  char *response;  /* -H: the response so far, HTTP_RESPONSE_MAX bytes */
 } conn;
 
 static size_t msg_size = 1024;
 static char *out_buf;
 static char *in_buf;
 static int verify;
+static int http;   /* -H */
 static int epfd = -1;
 
 static double now_s(void) {
@@ -61,7 +69,7 @@ static void die(const char *what) {
 static void usage(void) {
   fprintf(stderr,
           "usage: echo_client (-a HOST:PORT | -u PATH) [-c CONNS] [-s BYTES] "
-          "[-d SECONDS] [-w WARMUP_SECONDS] [-V]\n");
+          "[-d SECONDS] [-w WARMUP_SECONDS] [-V] [-H URL_PATH]\n");
   exit(1);
 }
 
@@ -173,6 +181,65 @@ static int do_read(conn *c) {
   return 1;
 }
 
+/* The length of the HTTP response in buf[0, len) once its headers are
+ * complete (0 before); exits if it is not a 200 with a Content-Length. */
+static size_t http_response_length(const char *buf, size_t len) {
+  const char *end = memmem(buf, len, "\r\n\r\n", 4);
+  const char *p;
+  if (end == NULL) {
+    if (len == HTTP_RESPONSE_MAX) {
+      fprintf(stderr, "echo_client: response headers too long\n");
+      exit(1);
+    }
+    return 0;
+  }
+  if (len < 12 || memcmp(buf, "HTTP/1.1 200", 12) != 0) {
+    const char *eol = memchr(buf, '\r', len); /* there is one: end */
+    fprintf(stderr, "echo_client: not an HTTP/1.1 200 response: %.*s\n",
+            (int)(eol - buf), buf);
+    exit(1);
+  }
+  for (p = buf; p < end; p++) {
+    if (p[0] == '\n' && strncasecmp(p + 1, "content-length:", 15) == 0)
+      return (size_t)(end + 4 - buf) + strtoull(p + 16, NULL, 10);
+  }
+  fprintf(stderr, "echo_client: response without Content-Length\n");
+  exit(1);
+}
+
+/* do_read for -H: reads what is there; returns the number of responses
+ * completed (0 or 1). */
+static int do_read_http(conn *c) {
+  for (;;) {
+    ssize_t n = read(c->fd, c->response + c->got, HTTP_RESPONSE_MAX - c->got);
+    size_t total;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return 0;
+      die("read");
+    }
+    if (n == 0) {
+      fprintf(stderr, "echo_client: server closed a connection\n");
+      exit(1);
+    }
+    c->got += (size_t)n;
+    total = http_response_length(c->response, c->got);
+    if (total > HTTP_RESPONSE_MAX) {
+      fprintf(stderr, "echo_client: response too long\n");
+      exit(1);
+    }
+    if (total == 0 || c->got < total) continue;
+    if (c->got > total || c->sent != msg_size) {
+      fprintf(stderr, "echo_client: more than one response\n");
+      exit(1);
+    }
+    c->got = 0;
+    c->sent = 0;
+    do_write(c);
+    return 1;
+  }
+}
+
 int main(int argc, char **argv) {
   const char *tcp = NULL, *unix_path = NULL;
   int nconn = 16, opt, i;
@@ -183,7 +250,9 @@ int main(int argc, char **argv) {
   int started = 0;
   uint64_t requests = 0;
 
-  while ((opt = getopt(argc, argv, "a:u:c:s:d:w:V")) != -1) {
+  const char *url_path = NULL;
+
+  while ((opt = getopt(argc, argv, "a:u:c:s:d:w:VH:")) != -1) {
     switch (opt) {
       case 'a': tcp = optarg; break;
       case 'u': unix_path = optarg; break;
@@ -192,6 +261,7 @@ int main(int argc, char **argv) {
       case 'd': duration = atof(optarg); break;
       case 'w': warmup = atof(optarg); break;
       case 'V': verify = 1; break;
+      case 'H': url_path = optarg; break;
       default: usage();
     }
   }
@@ -199,11 +269,23 @@ int main(int argc, char **argv) {
       duration <= 0 || warmup < 0)
     usage();
 
-  out_buf = malloc(msg_size);
+  if (url_path != NULL) {
+    int len = snprintf(NULL, 0, "GET %s HTTP/1.1\r\nHost: bench\r\n\r\n",
+                       url_path);
+    http = 1;
+    msg_size = (size_t)len;
+    out_buf = malloc(msg_size + 1);
+    if (out_buf != NULL)
+      snprintf(out_buf, msg_size + 1,
+               "GET %s HTTP/1.1\r\nHost: bench\r\n\r\n", url_path);
+  } else {
+    out_buf = malloc(msg_size);
+    if (out_buf != NULL)
+      for (i = 0; (size_t)i < msg_size; i++) out_buf[i] = (char)('a' + i % 26);
+  }
   in_buf = malloc(msg_size);
   conns = calloc((size_t)nconn, sizeof *conns);
   if (out_buf == NULL || in_buf == NULL || conns == NULL) die("malloc");
-  for (i = 0; (size_t)i < msg_size; i++) out_buf[i] = (char)('a' + i % 26);
 
   epfd = epoll_create1(EPOLL_CLOEXEC);
   if (epfd < 0) die("epoll_create1");
@@ -211,6 +293,8 @@ int main(int argc, char **argv) {
     struct epoll_event ev;
     conn *c = &conns[i];
     c->fd = tcp ? open_tcp(tcp) : open_unix(unix_path);
+    if (http && (c->response = malloc(HTTP_RESPONSE_MAX)) == NULL)
+      die("malloc");
     if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
       die("fcntl");
     ev.events = EPOLLIN;
@@ -244,7 +328,7 @@ int main(int argc, char **argv) {
       conn *c = events[i].data.ptr;
       if (events[i].events & EPOLLOUT) do_write(c);
       if (events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
-        requests += (uint64_t)do_read(c);
+        requests += (uint64_t)(http ? do_read_http(c) : do_read(c));
     }
   }
   t = now_s() - t_start;
@@ -253,7 +337,10 @@ int main(int argc, char **argv) {
          (unsigned long long)requests, t, (double)requests / t, nconn,
          msg_size);
   fflush(stdout);
-  for (i = 0; i < nconn; i++) close(conns[i].fd);
+  for (i = 0; i < nconn; i++) {
+    close(conns[i].fd);
+    free(conns[i].response);
+  }
   close(epfd);
   free(conns);
   free(in_buf);
