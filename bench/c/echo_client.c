@@ -199,7 +199,7 @@ static size_t http_response_length(const char *buf, size_t len) {
             (int)(eol - buf), buf);
     exit(1);
   }
-  for (p = buf; p < end; p++) {
+  for (p = buf; p + 16 <= end; p++) {
     if (p[0] == '\n' && strncasecmp(p + 1, "content-length:", 15) == 0)
       return (size_t)(end + 4 - buf) + strtoull(p + 16, NULL, 10);
   }
@@ -249,7 +249,6 @@ int main(int argc, char **argv) {
   double t_begin, t_start = 0, t_end, t;
   int started = 0;
   uint64_t requests = 0;
-
   const char *url_path = NULL;
 
   while ((opt = getopt(argc, argv, "a:u:c:s:d:w:VH:")) != -1) {
