@@ -29,7 +29,7 @@ PY_INPUTS := setup.py pyproject.toml src/SOURCES \
 	$(wildcard src/*.c src/*.h include/*.h python/unixloop/*.c \
 	           python/unixloop/*.h python/unixloop/*.py)
 
-.PHONY: all deps build build-c build-asan build-py test demo bench clean distclean
+.PHONY: all deps build build-c build-asan build-py build-py-asan test demo bench clean distclean
 
 all: build
 
@@ -68,6 +68,23 @@ $(VENV)/.installed: $(PY_INPUTS) | $(PY)
 	$(PY) -m pip install --no-build-isolation --no-deps -q .
 	@touch $@
 
+# The Python package with ASan/UBSan, for the tests only (scripts/test.sh):
+# not installed, it is imported from build-py-asan/lib (PYTHONPATH) by an
+# interpreter that preloads the sanitizer runtimes listed in
+# build-py-asan/preload (the interpreter itself is not instrumented).
+PY_ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer
+
+build-py-asan: build-py-asan/.built
+
+build-py-asan/.built: $(PY_INPUTS) | $(PY)
+	rm -f build-py-asan/lib/unixloop/_core*.so
+	CFLAGS="$(PY_ASAN_FLAGS)" LDFLAGS="$(PY_ASAN_FLAGS)" $(PY) setup.py -q \
+	  build --build-base build-py-asan --build-lib build-py-asan/lib
+	echo "$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  > build-py-asan/preload
+	@touch $@
+
 # The builds run as steps of scripts/test.sh, so that a broken build is
 # counted as a failure and the run still ends with its summary line.
 test: deps
@@ -80,7 +97,7 @@ bench: build
 	@if [ -f bench/run.py ]; then $(PY) bench/run.py; else echo "bench/run.py does not exist yet"; fi
 
 clean:
-	rm -rf build build-asan build-py $(VENV)/.installed
+	rm -rf build build-asan build-py build-py-asan $(VENV)/.installed
 	find . -name __pycache__ -type d -prune -not -path './.venv/*' -exec rm -rf {} +
 
 distclean: clean

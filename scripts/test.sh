@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds (make build-c, build-asan, build-py), runs every test step, keeps
-# going when one fails, and ends with one line "N passed, N failed".  Exit
-# status 1 if anything failed.
+# Builds (make build-c, build-asan, build-py, build-py-asan), runs every
+# test step, keeps going when one fails, and ends with one line "N passed,
+# N failed".  Exit status 1 if anything failed.
 #
 # Counting: ctest and pytest contribute their own test counts; every other
 # step (each build, each example, the conformance check) counts as one test.
@@ -63,14 +63,15 @@ simple_step() { # simple_step NAME TIMEOUT CMD...
   if [ "$rc" = 0 ]; then count "$1" 1 0; else count "$1" 0 1; fi
 }
 
-pytest_step() { # pytest_step BACKEND
-  local name="pytest tests/python UNIXLOOP_BACKEND=$1" line np nf ne
+pytest_step() { # pytest_step NAME [VAR=VALUE...]: pytest in that environment
+  local name=$1 line np nf ne
+  shift
   if [ ! -d tests/python ] || [ -z "$(find tests/python -name 'test_*.py' -o -name '*_test.py' | head -n 1)" ]; then
     echo
     echo "=== $name: no tests yet"
     return
   fi
-  run "$name" 3600 env UNIXLOOP_BACKEND="$1" "$PY" -m pytest -q tests/python
+  run "$name" 3600 env "$@" "$PY" -m pytest -q tests/python
   if [ "$rc" = 5 ]; then           # tests exist but none was collected
     count "$name (no tests collected)" 0 1
     return
@@ -106,6 +107,9 @@ simple_step "build C with ASan/UBSan (build-asan/)" 1800 "$MAKE" --no-print-dire
 ok_asan=$rc
 simple_step "build Python package (.venv)" 1800 "$MAKE" --no-print-directory build-py
 ok_py=$rc
+simple_step "build Python package with ASan/UBSan (build-py-asan/)" 1800 \
+  "$MAKE" --no-print-directory build-py-asan
+ok_py_asan=$rc
 
 for backend in epoll poll; do
   if [ "$ok_c" = 0 ]; then ctest_step build "$backend"; fi
@@ -121,11 +125,22 @@ fi
 
 if [ "$ok_py" = 0 ]; then
   simple_step "example examples/hello.py" 60 "$PY" examples/hello.py
-  pytest_step epoll
-  pytest_step poll
+  pytest_step "pytest tests/python UNIXLOOP_BACKEND=epoll" UNIXLOOP_BACKEND=epoll
+  pytest_step "pytest tests/python UNIXLOOP_BACKEND=poll" UNIXLOOP_BACKEND=poll
   if [ -f tests/conformance/run.py ]; then
     conformance_step
   fi
+fi
+# The binding's C under the sanitizers: PYTHONMALLOC=malloc so that Python
+# objects are ASan-checked heap blocks too; no leak check (an interpreter
+# frees little at exit); --capture=sys leaves fd 2 alone, so that a report
+# written as the process aborts is shown, not lost with pytest's capture.
+if [ "$ok_py" = 0 ] && [ "$ok_py_asan" = 0 ]; then
+  pytest_step "pytest tests/python, package built with ASan/UBSan" \
+    PYTEST_ADDOPTS=--capture=sys \
+    UNIXLOOP_BACKEND=epoll PYTHONPATH=build-py-asan/lib PYTHONMALLOC=malloc \
+    LD_PRELOAD="$(cat build-py-asan/preload)" ASAN_OPTIONS=detect_leaks=0 \
+    UBSAN_OPTIONS=print_stacktrace=1
 fi
 
 echo
