@@ -89,9 +89,10 @@ pytest_step() { # pytest_step NAME [VAR=VALUE...]: pytest in that environment
 
 # CPython's test_asyncio against the checked-in known failures: its own
 # "conformance: N passed, M failed" line (M = unexpected results) counts.
-conformance_step() {
-  local name="conformance check (CPython test_asyncio)" line np nf
-  run "$name" 3600 "$PY" tests/conformance/run.py --check
+conformance_step() { # conformance_step NAME [VAR=VALUE...]
+  local name=$1 line np nf
+  shift
+  run "$name" 3600 env "$@" "$PY" tests/conformance/run.py --check
   line=$(grep -E '^conformance: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
   np=$(sed -E 's/^conformance: ([0-9]+) passed.*/\1/' <<<"$line")
   nf=$(sed -E 's/.*, ([0-9]+) failed.*/\1/' <<<"$line")
@@ -128,19 +129,24 @@ if [ "$ok_py" = 0 ]; then
   pytest_step "pytest tests/python UNIXLOOP_BACKEND=epoll" UNIXLOOP_BACKEND=epoll
   pytest_step "pytest tests/python UNIXLOOP_BACKEND=poll" UNIXLOOP_BACKEND=poll
   if [ -f tests/conformance/run.py ]; then
-    conformance_step
+    conformance_step "conformance check (CPython test_asyncio)"
   fi
 fi
 # The binding's C under the sanitizers: PYTHONMALLOC=malloc so that Python
 # objects are ASan-checked heap blocks too; no leak check (an interpreter
 # frees little at exit); --capture=sys leaves fd 2 alone, so that a report
-# written as the process aborts is shown, not lost with pytest's capture.
+# written as the process aborts is shown, not lost with pytest's capture
+# (the conformance runner keeps a crashed worker's output itself).
 if [ "$ok_py" = 0 ] && [ "$ok_py_asan" = 0 ]; then
+  asan_env=(PYTHONPATH=build-py-asan/lib PYTHONMALLOC=malloc
+            LD_PRELOAD="$(cat build-py-asan/preload)"
+            ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1)
   pytest_step "pytest tests/python, package built with ASan/UBSan" \
-    PYTEST_ADDOPTS=--capture=sys \
-    UNIXLOOP_BACKEND=epoll PYTHONPATH=build-py-asan/lib PYTHONMALLOC=malloc \
-    LD_PRELOAD="$(cat build-py-asan/preload)" ASAN_OPTIONS=detect_leaks=0 \
-    UBSAN_OPTIONS=print_stacktrace=1
+    "${asan_env[@]}" PYTEST_ADDOPTS=--capture=sys UNIXLOOP_BACKEND=epoll
+  if [ -f tests/conformance/run.py ]; then
+    conformance_step "conformance check, package built with ASan/UBSan" \
+      "${asan_env[@]}"
+  fi
 fi
 
 echo
