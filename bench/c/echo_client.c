@@ -149,36 +149,45 @@ static void do_write(conn *c) {
   set_out(c, 0);
 }
 
-/* Reads what is there; returns the number of requests completed (0 or 1). */
-static int do_read(conn *c) {
+/* One read of up to `want` bytes into buf; returns how many came, 0 if
+ * nothing is there yet.  Exits on an error or a closed connection. */
+static size_t read_some(conn *c, char *buf, size_t want) {
   for (;;) {
-    size_t want = msg_size - c->got;
-    ssize_t n;
-    if (want == 0) break;
-    n = read(c->fd, in_buf + c->got, want);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) return 0;
-      die("read");
-    }
+    ssize_t n = read(c->fd, buf, want);
+    if (n > 0) return (size_t)n;
     if (n == 0) {
       fprintf(stderr, "echo_client: server closed a connection\n");
       exit(1);
     }
-    if (verify && memcmp(in_buf + c->got, out_buf + c->got, (size_t)n) != 0) {
+    if (errno == EAGAIN) return 0;
+    if (errno != EINTR) die("read");
+  }
+}
+
+/* The reply to the current request is in: the next request goes out. */
+static int next_request(conn *c) {
+  c->got = 0;
+  c->sent = 0;
+  do_write(c);
+  return 1;
+}
+
+/* Reads what is there; returns the number of requests completed (0 or 1). */
+static int do_read(conn *c) {
+  while (c->got < msg_size) {
+    size_t n = read_some(c, in_buf + c->got, msg_size - c->got);
+    if (n == 0) return 0;
+    if (verify && memcmp(in_buf + c->got, out_buf + c->got, n) != 0) {
       fprintf(stderr, "echo_client: echo does not match what was sent\n");
       exit(1);
     }
-    c->got += (size_t)n;
+    c->got += n;
   }
   if (c->sent != msg_size) {
     fprintf(stderr, "echo_client: got more than was sent\n");
     exit(1);
   }
-  c->got = 0;
-  c->sent = 0;
-  do_write(c);
-  return 1;
+  return next_request(c);
 }
 
 /* The length of the HTTP response in buf[0, len) once its headers are
@@ -211,18 +220,10 @@ static size_t http_response_length(const char *buf, size_t len) {
  * completed (0 or 1). */
 static int do_read_http(conn *c) {
   for (;;) {
-    ssize_t n = read(c->fd, c->response + c->got, HTTP_RESPONSE_MAX - c->got);
+    size_t n = read_some(c, c->response + c->got, HTTP_RESPONSE_MAX - c->got);
     size_t total;
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) return 0;
-      die("read");
-    }
-    if (n == 0) {
-      fprintf(stderr, "echo_client: server closed a connection\n");
-      exit(1);
-    }
-    c->got += (size_t)n;
+    if (n == 0) return 0;
+    c->got += n;
     total = http_response_length(c->response, c->got);
     if (total > HTTP_RESPONSE_MAX) {
       fprintf(stderr, "echo_client: response too long\n");
@@ -233,10 +234,7 @@ static int do_read_http(conn *c) {
       fprintf(stderr, "echo_client: more than one response\n");
       exit(1);
     }
-    c->got = 0;
-    c->sent = 0;
-    do_write(c);
-    return 1;
+    return next_request(c);
   }
 }
 
