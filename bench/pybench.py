@@ -336,7 +336,7 @@ def _cpu(ru):
 
 
 def echo_client_cmd(client, target, size, warmup, duration):
-    """size: bytes per echo, or an URL path (str): HTTP GETs of it."""
+    """size: bytes per echo, or a URL path (str): HTTP GETs of it."""
     what = ["-H", size] if isinstance(size, str) else ["-s", str(size)]
     return [client] + target + ["-c", str(ECHO_CONNECTIONS)] + what + [
         "-d", str(duration), "-w", str(warmup)]
@@ -406,7 +406,6 @@ def run_echo(loop, api, family, size, warmup, duration, client):
             _start_aiohttp(family, "127.0.0.1",
                            path if family == "unix" else None))
         target = ["-a", "127.0.0.1:%d" % port] if family == "tcp" else ["-u", path]
-        size = "/"
     else:
         async def start():
             if api == "proto":
@@ -603,7 +602,7 @@ def _workloads():
                                    family=family, size=size))
     for family in ("tcp", "unix"):
         wl.append(Workload("http_aiohttp_%s" % family, "req/s", "echo",
-                           default=False, api="http", family=family, size=0))
+                           default=False, api="http", family=family, size="/"))
     return {w.name: w for w in wl}
 
 
