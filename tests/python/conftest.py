@@ -9,10 +9,13 @@ Fixtures:
   aloop       parametrized: stock asyncio's loop and unixloop's, so that one
               test proves unixloop behaves as asyncio does
   no_fd_leak  fails the test if it leaves fds open (both loop fixtures use it)
+  tls_pair    (server, client) SSLContexts from CPython's test certificates:
+              keycert3.pem is 'localhost', signed by pycacert.pem
 """
 import asyncio
 import gc
 import os
+import ssl
 
 import pytest
 
@@ -106,3 +109,15 @@ def run_iteration(loop):
     """Runs exactly one iteration of loop (stop() before run_forever())."""
     loop.stop()
     loop.run_forever()
+
+
+@pytest.fixture
+def tls_pair():
+    certs = pytest.importorskip(
+        'test.test_asyncio.utils',
+        reason="CPython's test suite is not installed "
+               '(libpython3.11-testsuite; make deps installs it)')
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(certs.SIGNED_CERTFILE)
+    client_ctx = ssl.create_default_context(cafile=certs.SIGNING_CA)
+    return server_ctx, client_ctx

@@ -13,7 +13,6 @@ connections still open.
 """
 import asyncio
 import os
-import ssl
 import sys
 import tempfile
 
@@ -34,7 +33,13 @@ def pattern(n):
 
 
 def make_app(state):
+    """The application both this file and test_anyio_httpx.py serve; state
+    records each request's peer and transport module for their checks."""
     async def hello(request):
+        state.setdefault('peers', []).append(
+            request.transport.get_extra_info('peername'))
+        state.setdefault('kinds', set()).add(
+            type(request.transport).__module__)
         return web.Response(text='hello ' + request.match_info['name'])
 
     async def echo(request):
@@ -151,17 +156,9 @@ def test_http_and_websocket_over_unix_socket(aloop):
         assert os.path.exists(path) == (sys.version_info < (3, 13))
 
 
-def test_https_with_a_verified_certificate(aloop):
-    # CPython's test certificates: keycert3.pem is 'localhost', signed by
-    # pycacert.pem.  The TLS layer is asyncio's sslproto on the loop's
-    # transports.
-    certs = pytest.importorskip(
-        'test.test_asyncio.utils',
-        reason="CPython's test suite is not installed "
-               '(libpython3.11-testsuite; make deps installs it)')
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certs.SIGNED_CERTFILE)
-    client_ctx = ssl.create_default_context(cafile=certs.SIGNING_CA)
+def test_https_with_a_verified_certificate(aloop, tls_pair):
+    # The TLS layer is asyncio's sslproto on the loop's transports.
+    server_ctx, client_ctx = tls_pair
 
     async def main():
         runner = web.AppRunner(make_app({}))

@@ -19,7 +19,6 @@ UnixSocketController serves over loop.create_unix_server.
 import os
 import smtplib
 import socket
-import ssl
 import tempfile
 import threading
 import time
@@ -231,16 +230,9 @@ def test_client_threads_at_once_each_message_delivered_once(aloop):
     assert len({m['peer'] for m in handler.messages}) == threads
 
 
-def test_starttls_required_then_accepted(aloop):
-    # CPython's test certificates: keycert3.pem is 'localhost', signed by
-    # pycacert.pem.
-    certs = pytest.importorskip(
-        'test.test_asyncio.utils',
-        reason="CPython's test suite is not installed "
-               '(libpython3.11-testsuite; make deps installs it)')
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certs.SIGNED_CERTFILE)
-    client_ctx = ssl.create_default_context(cafile=certs.SIGNING_CA)
+def test_starttls_required_then_accepted(aloop, tls_pair):
+    # The TLS layer is asyncio's sslproto on the loop's transports.
+    server_ctx, client_ctx = tls_pair
     handler = Recorder()
     controller = serve(aloop, handler, tls_context=server_ctx,
                        require_starttls=True)

@@ -44,6 +44,7 @@ aiohttp = pytest.importorskip(
     reason='python3-aiohttp is not installed (make deps installs it)')
 from aiohttp import web  # noqa: E402
 from anyio.abc import SocketAttribute  # noqa: E402
+from test_aiohttp import make_app  # noqa: E402  (the same aiohttp application)
 from anyio.streams.tls import TLSAttribute, TLSListener  # noqa: E402
 
 BIG = 4 * 1024 * 1024  # well past every socket and pipe buffer
@@ -344,43 +345,6 @@ def test_signal_receiver(aloop):
 
 
 # -- httpx against aiohttp's server -----------------------------------------
-
-def make_app(state):
-    async def hello(request):
-        state.setdefault('peers', []).append(
-            request.transport.get_extra_info('peername'))
-        state.setdefault('kinds', set()).add(
-            type(request.transport).__module__)
-        return web.Response(text='hello ' + request.match_info['name'])
-
-    async def echo_body(request):
-        return web.Response(body=await request.read())
-
-    async def stream(request):
-        # Chunked, written faster than the client reads.
-        size = int(request.query['size'])
-        response = web.StreamResponse()
-        await response.prepare(request)
-        data = pattern(size)
-        for i in range(0, size, 256 * 1024):
-            await response.write(data[i:i + 256 * 1024])
-        await response.write_eof()
-        return response
-
-    async def stall(request):
-        state['stalled'].set()
-        await state['release'].wait()  # the client has given up by then
-        return web.Response(text='late')
-
-    app = web.Application(client_max_size=BIG + 1)
-    app.add_routes([
-        web.get('/hello/{name}', hello),
-        web.post('/echo', echo_body),
-        web.get('/stream', stream),
-        web.get('/stall', stall),
-    ])
-    return app
-
 
 async def serve(app, unix_path=None, ssl_context=None):
     """Starts app on 127.0.0.1 (a free port) or on unix_path; returns the

@@ -428,17 +428,9 @@ def test_close_aborts_when_the_peer_stops_reading(aloop):
     assert partial  # aborted, not flushed
 
 
-def test_wss_with_a_verified_certificate(aloop):
-    # CPython's test certificates: keycert3.pem is 'localhost', signed by
-    # pycacert.pem.  The TLS layer is asyncio's sslproto on the loop's
-    # transports.
-    certs = pytest.importorskip(
-        'test.test_asyncio.utils',
-        reason="CPython's test suite is not installed "
-               '(libpython3.11-testsuite; make deps installs it)')
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certs.SIGNED_CERTFILE)
-    client_ctx = ssl.create_default_context(cafile=certs.SIGNING_CA)
+def test_wss_with_a_verified_certificate(aloop, tls_pair):
+    # The TLS layer is asyncio's sslproto on the loop's transports.
+    server_ctx, client_ctx = tls_pair
 
     async def main():
         async with serving(echo, ssl=server_ctx, max_size=2 * BIG,
