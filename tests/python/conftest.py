@@ -11,6 +11,8 @@ Fixtures:
   no_fd_leak  fails the test if it leaves fds open (both loop fixtures use it)
   tls_pair    (server, client) SSLContexts from CPython's test certificates:
               keycert3.pem is 'localhost', signed by pycacert.pem
+
+Helpers (import them from conftest): run_iteration(loop), pattern(n).
 """
 import asyncio
 import gc
@@ -103,6 +105,12 @@ def aloop(request, no_fd_leak):
     loop.kind = request.param
     yield loop
     _close(loop)
+
+
+def pattern(n):
+    """n bytes in which a lost, repeated or reordered chunk shows."""
+    block = bytes(range(256)) * 64  # 16 KiB
+    return (block * (n // len(block) + 1))[:n]
 
 
 def run_iteration(loop):

@@ -22,14 +22,9 @@ aiohttp = pytest.importorskip(
     'aiohttp',
     reason='python3-aiohttp is not installed (make deps installs it)')
 from aiohttp import web  # noqa: E402
+from conftest import pattern  # noqa: E402
 
 BIG = 4 * 1024 * 1024  # well past every write buffer's high-water mark
-
-
-def pattern(n):
-    """n bytes in which a lost, repeated or reordered chunk shows."""
-    block = bytes(range(256)) * 64  # 16 KiB
-    return (block * (n // len(block) + 1))[:n]
 
 
 def make_app(state):
@@ -83,18 +78,22 @@ def make_app(state):
     return app
 
 
-async def serve(app, unix_path=None):
+async def serve(app, unix_path=None, ssl_context=None):
     """Starts app on 127.0.0.1 (a free port) or on unix_path; returns the
     runner and the base URL."""
     runner = web.AppRunner(app)
     await runner.setup()
     if unix_path is None:
-        site = web.TCPSite(runner, '127.0.0.1', 0)
+        site = web.TCPSite(runner, '127.0.0.1', 0, ssl_context=ssl_context)
     else:
         site = web.UnixSite(runner, unix_path)
     await site.start()
     if unix_path is None:
         port = runner.addresses[0][1]
+        if ssl_context is not None:
+            # The certificate names localhost.  It may resolve to ::1
+            # first: refused there, clients go on to 127.0.0.1.
+            return runner, 'https://localhost:{}'.format(port)
         return runner, 'http://127.0.0.1:{}'.format(port)
     return runner, 'http://unix'  # the host part is not used on a UNIX socket
 
@@ -161,14 +160,8 @@ def test_https_with_a_verified_certificate(aloop, tls_pair):
     server_ctx, client_ctx = tls_pair
 
     async def main():
-        runner = web.AppRunner(make_app({}))
-        await runner.setup()
-        site = web.TCPSite(runner, '127.0.0.1', 0, ssl_context=server_ctx)
-        await site.start()
-        base = 'https://localhost:{}'.format(runner.addresses[0][1])
+        runner, base = await serve(make_app({}), ssl_context=server_ctx)
         try:
-            # localhost may resolve to ::1 first: refused there, the
-            # connector goes on to 127.0.0.1.
             return await exchange(base, aiohttp.TCPConnector(ssl=client_ctx))
         finally:
             await runner.cleanup()

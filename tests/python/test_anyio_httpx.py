@@ -28,7 +28,6 @@ import functools
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -39,13 +38,14 @@ anyio = pytest.importorskip(
     'anyio', reason='python3-anyio is not installed (make deps installs it)')
 httpx = pytest.importorskip(
     'httpx', reason='python3-httpx is not installed (make deps installs it)')
-aiohttp = pytest.importorskip(
+pytest.importorskip(
     'aiohttp',
     reason='python3-aiohttp is not installed (make deps installs it)')
-from aiohttp import web  # noqa: E402
 from anyio.abc import SocketAttribute  # noqa: E402
-from test_aiohttp import make_app  # noqa: E402  (the same aiohttp application)
 from anyio.streams.tls import TLSAttribute, TLSListener  # noqa: E402
+from conftest import pattern  # noqa: E402
+# httpx's tests talk to the same aiohttp server as test_aiohttp.py's.
+from test_aiohttp import make_app, serve  # noqa: E402
 
 BIG = 4 * 1024 * 1024  # well past every socket and pipe buffer
 TIMEOUT = 10  # no test needs a tenth of it; a hang fails instead
@@ -57,32 +57,9 @@ CHUNK = 16 * 1024
 EOF_MARK = b'<the peer sent EOF>'
 
 
-def pattern(n):
-    """n bytes in which a lost, repeated or reordered chunk shows."""
-    block = bytes(range(256)) * 64  # 16 KiB
-    return (block * (n // len(block) + 1))[:n]
-
-
 def run(loop, main, *args):
     """Runs main(*args) on loop, bounded so that a hang fails the test."""
     return loop.run_until_complete(asyncio.wait_for(main(*args), TIMEOUT))
-
-
-def cpython_test_certs():
-    return pytest.importorskip(
-        'test.test_asyncio.utils',
-        reason="CPython's test suite is not installed "
-               '(libpython3.11-testsuite; make deps installs it)')
-
-
-def tls_contexts():
-    """CPython's test certificates: keycert3.pem is 'localhost', signed by
-    pycacert.pem.  Returns (server context, client context)."""
-    certs = cpython_test_certs()
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(certs.SIGNED_CERTFILE)
-    client_ctx = ssl.create_default_context(cafile=certs.SIGNING_CA)
-    return server_ctx, client_ctx
 
 
 # -- anyio streams ----------------------------------------------------------
@@ -158,8 +135,8 @@ def test_echo_with_half_close(aloop, family):
     assert received == data + EOF_MARK
 
 
-def test_tls_echo(aloop):
-    server_ctx, client_ctx = tls_contexts()
+def test_tls_echo(aloop, tls_pair):
+    server_ctx, client_ctx = tls_pair
     data = pattern(BIG)
 
     async def main():
@@ -346,24 +323,6 @@ def test_signal_receiver(aloop):
 
 # -- httpx against aiohttp's server -----------------------------------------
 
-async def serve(app, unix_path=None, ssl_context=None):
-    """Starts app on 127.0.0.1 (a free port) or on unix_path; returns the
-    runner and the base URL."""
-    runner = web.AppRunner(app)
-    await runner.setup()
-    if unix_path is not None:
-        await web.UnixSite(runner, unix_path).start()
-        return runner, 'http://localhost'  # the host is not used
-    site = web.TCPSite(runner, '127.0.0.1', 0, ssl_context=ssl_context)
-    await site.start()
-    port = runner.addresses[0][1]
-    if ssl_context is not None:
-        # localhost may resolve to ::1 first: refused there, anyio's
-        # connect_tcp goes on to 127.0.0.1.
-        return runner, 'https://localhost:{}'.format(port)
-    return runner, 'http://127.0.0.1:{}'.format(port)
-
-
 def client(**kwargs):
     # trust_env=False: no proxy from the environment between us and the
     # server.
@@ -490,8 +449,8 @@ def test_httpx_read_timeout(aloop):
     run(aloop, main)
 
 
-def test_httpx_https(aloop):
-    server_ctx, client_ctx = tls_contexts()
+def test_httpx_https(aloop, tls_pair):
+    server_ctx, client_ctx = tls_pair
 
     async def main():
         runner, base = await serve(make_app({}), ssl_context=server_ctx)

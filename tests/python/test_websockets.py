@@ -28,6 +28,7 @@ websockets = pytest.importorskip(
     reason='python3-websockets is not installed (make deps installs it)')
 from websockets.exceptions import ConnectionClosedOK  # noqa: E402
 from websockets.utils import accept_key  # noqa: E402
+from conftest import pattern  # noqa: E402
 
 TIMEOUT = 10  # for awaits that should finish at once: a hang fails the test
 BIG = 4 * 1024 * 1024  # well past every buffer on the way
@@ -35,12 +36,6 @@ TEXT = 'h\u00e9llo w\u00f6rld \u2713 ' * 100  # multi-byte UTF-8
 # permessage-deflate is on by default and squeezes pattern() to almost
 # nothing: where the bytes on the wire matter, it is turned off.
 RAW = dict(compression=None)
-
-
-def pattern(n):
-    """n bytes in which a lost, repeated or reordered chunk shows."""
-    block = bytes(range(256)) * 64  # 16 KiB
-    return (block * (n // len(block) + 1))[:n]
 
 
 async def within(aw, timeout=TIMEOUT):
