@@ -21,7 +21,8 @@ DEB_PACKAGES := build-essential make cmake clang pkg-config python3-dev \
 	python3-venv python3-pytest python3-uvloop python3-setuptools \
 	python3-wheel python3-pip libpython3.11-testsuite libuv1-dev \
 	libcmocka-dev python3-aiohttp python3-websockets python3-httpx \
-	python3-anyio python3-aiosmtpd
+	python3-anyio python3-aiosmtpd python3-uvicorn python3-httptools \
+	python3-wsproto python3-starlette
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

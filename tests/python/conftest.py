@@ -12,7 +12,8 @@ Fixtures:
   tls_pair    (server, client) SSLContexts from CPython's test certificates:
               keycert3.pem is 'localhost', signed by pycacert.pem
 
-Helpers (import them from conftest): run_iteration(loop), pattern(n).
+Helpers (import them from conftest): run_iteration(loop), pattern(n),
+run(loop, main, *args).
 """
 import asyncio
 import gc
@@ -111,6 +112,12 @@ def pattern(n):
     """n bytes in which a lost, repeated or reordered chunk shows."""
     block = bytes(range(256)) * 64  # 16 KiB
     return (block * (n // len(block) + 1))[:n]
+
+
+def run(loop, main, *args, timeout=10):
+    """Runs main(*args) on loop, bounded so that a hang fails the test (no
+    test that uses it needs a tenth of the timeout)."""
+    return loop.run_until_complete(asyncio.wait_for(main(*args), timeout))
 
 
 def run_iteration(loop):

@@ -43,23 +43,17 @@ pytest.importorskip(
     reason='python3-aiohttp is not installed (make deps installs it)')
 from anyio.abc import SocketAttribute  # noqa: E402
 from anyio.streams.tls import TLSAttribute, TLSListener  # noqa: E402
-from conftest import pattern  # noqa: E402
+from conftest import pattern, run  # noqa: E402
 # httpx's tests talk to the same aiohttp server as test_aiohttp.py's.
 from test_aiohttp import make_app, serve  # noqa: E402
 
 BIG = 4 * 1024 * 1024  # well past every socket and pipe buffer
-TIMEOUT = 10  # no test needs a tenth of it; a hang fails instead
 # anyio 3.6's UNIXSocketStream.send() resends the whole item after a partial
 # send (it passes `item`, not the unsent rest of its memoryview), on any loop.  A send of at most 32 KiB on a UNIX
 # stream socket is one skb in Linux, all or nothing, so chunks this small
 # keep that bug out of the way.
 CHUNK = 16 * 1024
 EOF_MARK = b'<the peer sent EOF>'
-
-
-def run(loop, main, *args):
-    """Runs main(*args) on loop, bounded so that a hang fails the test."""
-    return loop.run_until_complete(asyncio.wait_for(main(*args), TIMEOUT))
 
 
 # -- anyio streams ----------------------------------------------------------
