@@ -8,8 +8,11 @@ Small programs, each run several times on both loops (best time kept):
   streams    an asyncio.start_server echo server and 20 clients using
              open_connection, 200 lines each
   aiohttp    an aiohttp web application and 10 aiohttp clients, 100 GETs
-             each over keep-alive connections (left out, with a message,
-             where aiohttp is not installed; make deps installs it)
+             each over keep-alive connections
+  uvicorn    an ASGI application behind uvicorn's httptools protocol and 10
+             stream clients, 100 keep-alive GETs each
+(the last two are left out, with a message, where their packages are not
+installed; make deps installs them)
 The last line compares the totals.
 """
 import asyncio
@@ -112,22 +115,74 @@ async def aiohttp_web(clients=10, requests=100):
         await runner.cleanup()
 
 
+async def uvicorn_asgi(clients=10, requests=100):
+    """uvicorn's HTTP protocol (httptools) serving an ASGI application.
+    Server.serve() is left out: it polls every 0.1 s, which would time
+    uvicorn's sleeps rather than the loop."""
+    import functools
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    async def app(scope, receive, send):
+        body = b'hello ' + scope['query_string']
+        await send({'type': 'http.response.start', 'status': 200,
+                    'headers': [(b'content-length', b'%d' % len(body))]})
+        await send({'type': 'http.response.body', 'body': body})
+
+    config = uvicorn.Config(app, http='httptools', lifespan='off',
+                            log_config=None, access_log=False)
+    config.load()
+    protocol = functools.partial(config.http_protocol_class, config=config,
+                                 server_state=ServerState())
+    server = await asyncio.get_running_loop().create_server(
+        protocol, '127.0.0.1', 0)
+    port = server.sockets[0].getsockname()[1]
+
+    async def client(k):
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        for i in range(requests):
+            writer.write(b'GET /?%d HTTP/1.1\r\nHost: demo\r\n\r\n' % i)
+            head = await reader.readuntil(b'\r\n\r\n')
+            length = int(head.split(b'content-length: ')[1].split(b'\r')[0])
+            assert await reader.readexactly(length) == b'hello %d' % i
+        writer.close()
+        await writer.wait_closed()
+
+    async with server:
+        await asyncio.gather(*[client(k) for k in range(clients)])
+
+
 PROGRAMS = [
     ("tasks + timers", tasks_and_timers),
     ("sock_* ping-pong", sock_ping_pong),
     ("streams echo", streams_echo),
     ("aiohttp web", aiohttp_web),
+    ("uvicorn ASGI", uvicorn_asgi),
 ]
+# Programs that need packages Debian may not have installed (make deps
+# installs them all): program -> (modules, Debian packages).
+NEEDS = {
+    aiohttp_web: (["aiohttp"], "python3-aiohttp"),
+    uvicorn_asgi: (["uvicorn", "httptools"],
+                   "python3-uvicorn python3-httptools"),
+}
 
 
 def available_programs():
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        print("demo: aiohttp is not installed (Debian: python3-aiohttp): "
-              "its program is left out", file=sys.stderr)
-        return [p for p in PROGRAMS if p[1] is not aiohttp_web]
-    return PROGRAMS
+    import importlib
+    programs = []
+    for name, program in PROGRAMS:
+        modules, packages = NEEDS.get(program, ([], ""))
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        except ImportError:
+            print(f"demo: {' and '.join(modules)} not installed (Debian: "
+                  f"{packages}): the {name} program is left out",
+                  file=sys.stderr)
+            continue
+        programs.append((name, program))
+    return programs
 
 
 def best_time(run, program):

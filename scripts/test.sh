@@ -126,6 +126,8 @@ fi
 
 if [ "$ok_py" = 0 ]; then
   simple_step "example examples/hello.py" 60 "$PY" examples/hello.py
+  # Each of its programs checks what it got; the timings are not judged.
+  simple_step "example examples/demo.py" 300 "$PY" examples/demo.py
   pytest_step "pytest tests/python UNIXLOOP_BACKEND=epoll" UNIXLOOP_BACKEND=epoll
   pytest_step "pytest tests/python UNIXLOOP_BACKEND=poll" UNIXLOOP_BACKEND=poll
   if [ -f tests/conformance/run.py ]; then
