@@ -345,9 +345,9 @@ def echo_client_cmd(client, target, size, warmup, duration):
 HTTP_BODY = "Hello, World!"
 
 
-async def _start_aiohttp(family, host, path):
-    """An aiohttp application answering GET / with HTTP_BODY; returns its
-    runner (cleanup() stops it) and the port (0 on a UNIX socket)."""
+async def _start_aiohttp(family, path):
+    """An aiohttp application answering GET / with HTTP_BODY; returns a
+    coroutine function that stops it and the echo client's target."""
     from aiohttp import web
 
     async def hello(request):
@@ -358,20 +358,64 @@ async def _start_aiohttp(family, host, path):
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if family == "tcp":
-        await web.TCPSite(runner, host, 0).start()
-        return runner, runner.addresses[0][1]
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner.cleanup, ["-a", "127.0.0.1:%d" % runner.addresses[0][1]]
     await web.UnixSite(runner, path).start()
-    return runner, 0
+    return runner.cleanup, ["-u", path]
+
+
+async def _start_uvicorn(family, path):
+    """An ASGI application answering every GET with HTTP_BODY behind
+    uvicorn's httptools protocol, as uvicorn's Server would serve it (minus
+    its 0.1 s housekeeping tick); returns as _start_aiohttp does."""
+    import functools
+    import uvicorn
+    from uvicorn.server import ServerState
+    body = HTTP_BODY.encode()
+    headers = [(b"content-type", b"text/plain"),
+               (b"content-length", b"%d" % len(body))]
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    config = uvicorn.Config(app, http="httptools", lifespan="off",
+                            log_config=None, access_log=False)
+    config.load()
+    protocol = functools.partial(config.http_protocol_class, config=config,
+                                 server_state=ServerState())
+    loop = asyncio.get_running_loop()
+    if family == "tcp":
+        server = await loop.create_server(protocol, "127.0.0.1", 0)
+        target = ["-a", "127.0.0.1:%d" % server.sockets[0].getsockname()[1]]
+    else:
+        server = await loop.create_unix_server(protocol, path)
+        target = ["-u", path]
+
+    async def stop():
+        server.close()
+        await server.wait_closed()
+    return stop, target
+
+
+# The HTTP servers the http_* workloads run: api -> (start function, the
+# modules it imports, the Debian packages that have them).
+HTTP_SERVERS = {
+    "aiohttp": (_start_aiohttp, ["aiohttp"], "python3-aiohttp"),
+    "uvicorn": (_start_uvicorn, ["uvicorn", "httptools"],
+                "python3-uvicorn python3-httptools"),
+}
 
 
 def run_echo(loop, api, family, size, warmup, duration, client):
     """Serves echo with `api` ('sock', 'proto' or 'streams'), or HTTP with
-    aiohttp ('http'), on `family` ('tcp' or 'unix'), runs the C client
+    one of HTTP_SERVERS ('aiohttp', 'uvicorn'), on `family` ('tcp' or 'unix'), runs the C client
     against it and measures the server's CPU time (run_client)."""
     tmpdir = None
     lsock = None
     server = None
-    runner = None
+    stop_http = None
     tasks = set()
     if family == "tcp":
         host = "127.0.0.1"
@@ -401,11 +445,9 @@ def run_echo(loop, api, family, size, warmup, duration, client):
                 tasks.add(loop.create_task(_sock_echo(loop, conn)))
 
         tasks.add(loop.create_task(accept_loop()))
-    elif api == "http":
-        runner, port = loop.run_until_complete(
-            _start_aiohttp(family, "127.0.0.1",
-                           path if family == "unix" else None))
-        target = ["-a", "127.0.0.1:%d" % port] if family == "tcp" else ["-u", path]
+    elif api in HTTP_SERVERS:
+        stop_http, target = loop.run_until_complete(
+            HTTP_SERVERS[api][0](family, path if family == "unix" else None))
     else:
         async def start():
             if api == "proto":
@@ -434,8 +476,8 @@ def run_echo(loop, api, family, size, warmup, duration, client):
         if server is not None:
             server.close()
             loop.run_until_complete(server.wait_closed())
-        if runner is not None:
-            loop.run_until_complete(runner.cleanup())
+        if stop_http is not None:
+            loop.run_until_complete(stop_http())
 
     try:
         return run_client(loop, cmd, cleanup)[0]
@@ -579,7 +621,7 @@ class Workload:
     @property
     def raw_serves(self):
         """bench/c/echo_server can be the server (it speaks echo, not HTTP)."""
-        return self.kind == "echo" and self.params["api"] != "http"
+        return self.kind == "echo" and self.params["api"] not in HTTP_SERVERS
 
 
 def _workloads():
@@ -600,9 +642,11 @@ def _workloads():
                 wl.append(Workload("echo_%s_%s_%s" % (api, family, label), "req/s",
                                    "echo", default=default, api=api,
                                    family=family, size=size))
-    for family in ("tcp", "unix"):
-        wl.append(Workload("http_aiohttp_%s" % family, "req/s", "echo",
-                           default=False, api="http", family=family, size="/"))
+    for server in HTTP_SERVERS:
+        for family in ("tcp", "unix"):
+            wl.append(Workload("http_%s_%s" % (server, family), "req/s",
+                               "echo", default=False, api=server,
+                               family=family, size="/"))
     return {w.name: w for w in wl}
 
 
@@ -789,16 +833,18 @@ def driver(args):
             notes.append(msg)
             names = [n for n in names if WORKLOADS[n].kind != "echo"]
 
-    if any(WORKLOADS[n].params.get("api") == "http" for n in names):
-        p = subprocess.run([python, "-c", "import aiohttp"],
+    for api, (_, modules, packages) in HTTP_SERVERS.items():
+        if not any(WORKLOADS[n].params.get("api") == api for n in names):
+            continue
+        p = subprocess.run([python, "-c", "import " + ", ".join(modules)],
                            capture_output=True)
         if p.returncode != 0:
-            msg = ("note: skipping http workloads: aiohttp cannot be imported "
-                   "(Debian: python3-aiohttp)")
+            msg = ("note: skipping http_%s workloads: %s cannot be imported "
+                   "(Debian: %s)" % (api, " or ".join(modules), packages))
             print(msg, file=sys.stderr)
             notes.append(msg)
             names = [n for n in names
-                     if WORKLOADS[n].params.get("api") != "http"]
+                     if WORKLOADS[n].params.get("api") != api]
 
     print("# python %s (%s); loops: %s; %d run(s) each, interleaved; "
           "micro %.2gs+%.2gs warm-up, echo %.2gs+%.2gs warm-up, %d connections"
