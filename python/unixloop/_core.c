@@ -182,12 +182,14 @@ static void Handle_dealloc(HandleObj *h) {
   PyObject_GC_UnTrack(h);
   if (h->weakreflist != NULL)
     PyObject_ClearWeakRefs((PyObject *)h);
+  (void)Handle_clear(h);
   /* A plain Handle or TimerHandle (same layout; a Python subclass has
-   * another tp_dealloc): keep its memory, with its type reference. */
+   * another tp_dealloc): keep its memory, with its type reference.  Asked
+   * after the clear: the objects it released may have been the last
+   * references to other Handles, freed (and kept) in the meantime. */
   int reuse = live_modules > 0 &&
               tp->tp_dealloc == (destructor)Handle_dealloc &&
               handle_freelist_len < HANDLE_FREELIST_MAX;
-  (void)Handle_clear(h);
   if (reuse) {
     handle_freelist[handle_freelist_len++] = h;
     return;

@@ -144,6 +144,24 @@ def test_cancel_drops_references(aloop):
     assert ref() is None
 
 
+def test_freeing_a_handle_that_frees_many_handles(aloop):
+    # A Handle's arguments can hold the last references to other Handles:
+    # freeing it frees them first, while it is itself being freed.
+    # unixloop keeps freed Handles for reuse, up to a fixed number; the
+    # ones freed inside must not push the outer one past that number.
+    inner = [aloop.call_soon(print) for _ in range(1000)]
+    for h in inner:
+        h.cancel()
+    aloop.call_soon(lambda handles: None, inner)
+    del inner, h
+    run_iteration(aloop)  # the outer Handle runs and is freed
+    ran = []
+    for i in range(1000):  # Handles from the kept ones and new ones
+        aloop.call_soon(ran.append, i)
+    run_iteration(aloop)
+    assert ran == list(range(1000))
+
+
 def _iteration_scenario(loop):
     """Record which callbacks run in which run_forever() call."""
     order = []
