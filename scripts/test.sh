@@ -89,17 +89,30 @@ pytest_step() { # pytest_step NAME [VAR=VALUE...]: pytest in that environment
 
 # CPython's test_asyncio against the checked-in known failures: its own
 # "conformance: N passed, M failed" line (M = unexpected results) counts.
-conformance_step() { # conformance_step NAME [VAR=VALUE...]
-  local name=$1 line np nf
-  shift
-  run "$name" 3600 env "$@" "$PY" tests/conformance/run.py --check
-  line=$(grep -E '^conformance: [0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
-  np=$(sed -E 's/^conformance: ([0-9]+) passed.*/\1/' <<<"$line")
-  nf=$(sed -E 's/.*, ([0-9]+) failed.*/\1/' <<<"$line")
+suite_step() { # suite_step NAME TAG CMD...: counts the CMD's last
+  # "TAG: N passed, N failed" line
+  local name=$1 tag=$2 line np nf
+  shift 2
+  run "$name" 3600 "$@"
+  line=$(grep -E "^$tag: [0-9]+ passed, [0-9]+ failed" "$log" | tail -n 1)
+  np=$(sed -E "s/^$tag: ([0-9]+) passed.*/\\1/" <<<"$line")
+  nf=$(sed -E 's/^[^,]*, ([0-9]+) failed.*/\1/' <<<"$line")
   np=${np:-0}
   nf=${nf:-0}
   if [ "$rc" != 0 ] && [ "$nf" = 0 ]; then nf=1; fi
   count "$name" "$np" "$nf"
+}
+
+conformance_step() { # conformance_step NAME [VAR=VALUE...]
+  local name=$1
+  shift
+  suite_step "$name" conformance env "$@" "$PY" tests/conformance/run.py --check
+}
+
+tornado_step() { # tornado_step NAME [VAR=VALUE...]: Tornado's own tests
+  local name=$1
+  shift
+  suite_step "$name" tornado env "$@" "$PY" tests/conformance/tornado_suite.py
 }
 
 simple_step "build C (build/)" 1800 "$MAKE" --no-print-directory build-c
@@ -133,6 +146,7 @@ if [ "$ok_py" = 0 ]; then
   if [ -f tests/conformance/run.py ]; then
     conformance_step "conformance check (CPython test_asyncio)"
   fi
+  tornado_step "Tornado's test suite on unixloop"
 fi
 # The binding's C under the sanitizers: PYTHONMALLOC=malloc so that Python
 # objects are ASan-checked heap blocks too; no leak check (an interpreter
@@ -149,6 +163,8 @@ if [ "$ok_py" = 0 ] && [ "$ok_py_asan" = 0 ]; then
     conformance_step "conformance check, package built with ASan/UBSan" \
       "${asan_env[@]}"
   fi
+  tornado_step "Tornado's test suite, package built with ASan/UBSan" \
+    "${asan_env[@]}"
 fi
 
 echo
