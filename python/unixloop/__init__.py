@@ -24,6 +24,7 @@ import selectors
 import stat
 import sys
 import threading
+import warnings
 import weakref
 import socket
 from asyncio import (base_events, constants, events, exceptions, futures,
@@ -383,6 +384,24 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
     def _process_events(self, event_list):
         # The C core dispatches fd events itself.
         raise NotImplementedError
+
+    def __del__(self, _warn=warnings.warn, _finalizing=sys.is_finalizing):
+        # BaseEventLoop.__del__, except at interpreter exit.  A loop never
+        # closed (the one get_event_loop() made, say) is freed then as the
+        # modules are torn down: asyncio's own, in a reference cycle, by
+        # the garbage collector while their globals are intact; this one,
+        # in none, when whatever held it is cleared, by which time the
+        # globals that asyncio's close() reads may be None.  Its C core is
+        # all there is left to close.
+        if self.is_closed():
+            return
+        _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+        if self.is_running():
+            return
+        if _finalizing():
+            self._close_core()
+        else:
+            self.close()
 
     def close(self):
         super().close()
