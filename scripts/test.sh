@@ -109,10 +109,12 @@ conformance_step() { # conformance_step NAME [VAR=VALUE...]
   suite_step "$name" conformance env "$@" "$PY" tests/conformance/run.py --check
 }
 
-tornado_step() { # tornado_step NAME [VAR=VALUE...]: Tornado's own tests
-  local name=$1
+other_suite_step() { # other_suite_step SUITE [VAR=VALUE...]: another
+  # project's own tests on unixloop (tests/conformance/suites.py)
+  local suite=$1 name="$1's test suite on unixloop"
   shift
-  suite_step "$name" tornado env "$@" "$PY" tests/conformance/tornado_suite.py
+  if [ "$#" -gt 0 ]; then name="$name, package built with ASan/UBSan"; fi
+  suite_step "$name" "$suite" env "$@" "$PY" tests/conformance/suites.py "$suite"
 }
 
 simple_step "build C (build/)" 1800 "$MAKE" --no-print-directory build-c
@@ -146,7 +148,8 @@ if [ "$ok_py" = 0 ]; then
   if [ -f tests/conformance/run.py ]; then
     conformance_step "conformance check (CPython test_asyncio)"
   fi
-  tornado_step "Tornado's test suite on unixloop"
+  other_suite_step tornado
+  other_suite_step aiosmtpd
 fi
 # The binding's C under the sanitizers: PYTHONMALLOC=malloc so that Python
 # objects are ASan-checked heap blocks too; no leak check (an interpreter
@@ -163,8 +166,8 @@ if [ "$ok_py" = 0 ] && [ "$ok_py_asan" = 0 ]; then
     conformance_step "conformance check, package built with ASan/UBSan" \
       "${asan_env[@]}"
   fi
-  tornado_step "Tornado's test suite, package built with ASan/UBSan" \
-    "${asan_env[@]}"
+  other_suite_step tornado "${asan_env[@]}"
+  other_suite_step aiosmtpd "${asan_env[@]}"
 fi
 
 echo
