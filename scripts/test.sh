@@ -150,6 +150,7 @@ if [ "$ok_py" = 0 ]; then
   fi
   other_suite_step tornado
   other_suite_step aiosmtpd
+  other_suite_step pyzmq
 fi
 # The binding's C under the sanitizers: PYTHONMALLOC=malloc so that Python
 # objects are ASan-checked heap blocks too; no leak check (an interpreter
@@ -168,6 +169,7 @@ if [ "$ok_py" = 0 ] && [ "$ok_py_asan" = 0 ]; then
   fi
   other_suite_step tornado "${asan_env[@]}"
   other_suite_step aiosmtpd "${asan_env[@]}"
+  other_suite_step pyzmq "${asan_env[@]}"
 fi
 
 echo

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Run other projects' own test suites with every asyncio loop they make
 coming from unixloop: Tornado's (tornado.test, shipped in Debian's
-python3-tornado) and aiosmtpd's (aiosmtpd.tests, in python3-aiosmtpd; it
-needs python3-pytest-mock).
+python3-tornado), aiosmtpd's (aiosmtpd.tests, in python3-aiosmtpd; it
+needs python3-pytest-mock) and pyzmq's tests of zmq.asyncio (zmq.tests, in
+python3-zmq).
 
     python tests/conformance/suites.py tornado                 # on unixloop
     python tests/conformance/suites.py aiosmtpd --loop asyncio  # on stock asyncio
@@ -14,7 +15,9 @@ add_signal_handler and the child watcher.  Its runner fails a test that logs
 or writes to stderr, so a warning a loop emits (an unclosed transport, a
 callback error) fails too.  aiosmtpd's tests run its SMTP, LMTP and SMTPS
 servers on a loop in a thread (Controller) and in the main thread, with
-STARTTLS, PROXY protocol headers, timeouts and UNIX sockets.
+STARTTLS, PROXY protocol headers, timeouts and UNIX sockets.  zmq.asyncio
+waits on each socket's fd with add_reader and emulates its edge-triggered
+readiness with call_soon and call_later.
 
 A suite runs in a child process whose event loop policy is the side's,
 counting the loops made; the parent prints the suite's output and one line,
@@ -38,17 +41,65 @@ import tempfile
 TIMEOUT = 900  # tornado takes 20 s plainly, aiosmtpd 55 s; a few times that under ASan
 
 
+# Tests left out on both sides, each with its reason: they race a short
+# timeout or time a CPU-bound step, and fail on a slow or busy machine
+# (under ASan/UBSan, say) whatever the loop.
+_RACES_TIMEOUT = ('a 0.1 s request timeout that must fire only after the '
+                  'request reached the server, which a busy machine (or a '
+                  'slow TLS handshake) misses; Tornado skips it on its own '
+                  'CI (skipOnTravis)')
+EXCLUDED = {
+    'tornado': {
+        'tornado.test.httputil_test.ParseCookieTest.test_unquote_large':
+            'asserts that a CPU-bound parse takes under 1 s; no loop in it',
+        'tornado.test.simple_httpclient_test.SimpleHTTPClientTestCase.'
+        'test_request_timeout': _RACES_TIMEOUT,
+        'tornado.test.simple_httpclient_test.SimpleHTTPSClientTestCase.'
+        'test_request_timeout': _RACES_TIMEOUT,
+    },
+}
+
+
+def tornado_tests():
+    """Tornado's whole suite (runtests.all) minus EXCLUDED['tornado']."""
+    import unittest
+    from tornado.test import runtests
+
+    def kept(suite):
+        out = unittest.TestSuite()
+        for test in suite:
+            if isinstance(test, unittest.TestSuite):
+                out.addTest(kept(test))
+            elif test.id() not in EXCLUDED['tornado']:
+                out.addTest(test)
+        return out
+    return kept(runtests.all())
+
+
 def run_tornado():
     from tornado.test import runtests
-    sys.argv = ['tornado.test.runtests', 'tornado.test.runtests.all']
+    # This file runs as __main__ in the child.
+    sys.argv = ['tornado.test.runtests', '__main__.tornado_tests']
     runtests.main()  # exits
 
 
-def run_aiosmtpd():
-    import aiosmtpd.tests
+def run_pytest(package, *files):
+    """pytest on a package's test directory, or on some files in it."""
+    import importlib
     import pytest
-    sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider',
-                          os.path.dirname(aiosmtpd.tests.__file__)]))
+    where = os.path.dirname(importlib.import_module(package).__file__)
+    paths = [os.path.join(where, f) for f in files] or [where]
+    sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider'] + paths))
+
+
+def run_aiosmtpd():
+    run_pytest('aiosmtpd.tests')
+
+
+def run_pyzmq():
+    # The tests of zmq.asyncio, which waits on the sockets' shared fd with
+    # add_reader and emulates its edge-triggered readiness with call_soon.
+    run_pytest('zmq.tests', 'test_asyncio.py', 'test_future.py')
 
 
 def unittest_counts(output):
@@ -85,6 +136,7 @@ SUITES = {
     'aiosmtpd': (['aiosmtpd.tests', 'pytest_mock'],
                  'python3-aiosmtpd python3-pytest-mock', run_aiosmtpd,
                  pytest_counts),
+    'pyzmq': (['zmq.tests'], 'python3-zmq', run_pyzmq, pytest_counts),
 }
 
 
@@ -136,6 +188,8 @@ def main():
         print('{}: {} not installed (Debian: {}; make deps installs it), '
               'nothing run'.format(name, ' and '.join(missing), packages))
         return 0
+    for test, reason in EXCLUDED.get(name, {}).items():
+        print('{}: left out: {} ({})'.format(name, test, reason))
     fd, report = tempfile.mkstemp(prefix=name + '-suite-', suffix='.json')
     os.close(fd)
     try:
