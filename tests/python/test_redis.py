@@ -1,0 +1,217 @@
+"""A real asyncio client on unixloop: redis-py's asyncio client (Debian's
+python3-redis 4.3) against a real Redis server (redis-server, run by the
+module's fixture on a free TCP port and a UNIX socket).  Each test runs on
+stock asyncio's loop and on unixloop's (the aloop fixture), so that a
+difference in behaviour shows as one of the pair failing.
+
+redis.asyncio is built on asyncio streams (open_connection and
+open_unix_connection) with a pool of connections shared by tasks, reads
+bounded by asyncio.wait_for (socket_timeout), and pub/sub over a connection
+that only receives.
+"""
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+
+import pytest
+
+redis = pytest.importorskip(
+    'redis.asyncio', reason='python3-redis is not installed '
+                            '(make deps installs it)')
+from redis.exceptions import TimeoutError as RedisTimeout  # noqa: E402
+from conftest import pattern, run  # noqa: E402
+
+BIG = 4 * 1024 * 1024
+TRANSPORTS = pytest.mark.parametrize('transport', ['tcp', 'unix'])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def redis_server():
+    """A redis-server without persistence; yields (port, unix path)."""
+    binary = shutil.which('redis-server')
+    if binary is None:
+        pytest.skip('redis-server is not installed (Debian: redis-server; '
+                    'make deps installs it)')
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'redis.sock')
+        for attempt in range(3):  # the free port may be taken meanwhile
+            port = free_port()
+            proc = subprocess.Popen(
+                [binary, '--port', str(port), '--bind', '127.0.0.1',
+                 '--unixsocket', path, '--save', '', '--appendonly', 'no',
+                 '--dir', tmp],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            # It says so once both listeners are open (the UNIX one last).
+            for line in proc.stdout:
+                if 'ready to accept connections at' in line:
+                    break
+            else:
+                proc.wait()
+                continue
+            break
+        else:
+            pytest.fail('redis-server did not start')
+        try:
+            yield port, path
+        finally:
+            proc.terminate()
+            proc.wait()
+            proc.stdout.close()
+
+
+def connect(server, transport, **kwargs):
+    port, path = server
+    if transport == 'tcp':
+        return redis.Redis(host='127.0.0.1', port=port, **kwargs)
+    return redis.Redis(unix_socket_path=path, **kwargs)
+
+
+def prefixed(aloop, name):
+    """A key of its own for each loop's run of a test."""
+    return '{}:{}'.format(aloop.kind, name)
+
+
+@TRANSPORTS
+def test_commands_and_a_big_value(aloop, redis_server, transport):
+    key = prefixed(aloop, 'commands-' + transport)
+
+    async def main():
+        r = connect(redis_server, transport)
+        try:
+            await r.set(key, pattern(BIG))
+            value = await r.get(key)
+            counter = await r.incrby(key + ':n', 5)
+            await r.hset(key + ':h', mapping={'a': '1', 'b': '2'})
+            fields = await r.hgetall(key + ':h')
+            await r.delete(key, key + ':n', key + ':h')
+        finally:
+            await r.close()
+            await r.connection_pool.disconnect()
+        return value == pattern(BIG), counter, fields
+
+    assert run(aloop, main) == (True, 5, {b'a': b'1', b'b': b'2'})
+
+
+@TRANSPORTS
+def test_pipeline_and_transaction(aloop, redis_server, transport):
+    key = prefixed(aloop, 'pipeline-' + transport)
+
+    async def main():
+        r = connect(redis_server, transport)
+        try:
+            async with r.pipeline(transaction=True) as pipe:
+                for i in range(1000):
+                    pipe.rpush(key, i)
+                pipe.lrange(key, 0, -1)
+                pipe.delete(key)
+                replies = await pipe.execute()
+        finally:
+            await r.close()
+            await r.connection_pool.disconnect()
+        return replies[-2], replies[-1]
+
+    values, deleted = run(aloop, main)
+    assert values == [str(i).encode() for i in range(1000)]
+    assert deleted == 1
+
+
+def test_many_tasks_share_a_pool(aloop, redis_server):
+    # 10 tasks, 3 connections: a task waits for a connection to be free.
+    key = prefixed(aloop, 'pool')
+
+    async def main():
+        pool = redis.BlockingConnectionPool(
+            host='127.0.0.1', port=redis_server[0], max_connections=3,
+            timeout=None)  # wait as long as it takes
+        r = redis.Redis(connection_pool=pool)
+        try:
+            async def worker():
+                for _ in range(50):
+                    await r.incr(key)
+
+            await asyncio.gather(*[worker() for _ in range(10)])
+            total = int(await r.get(key))
+            await r.delete(key)
+        finally:
+            await r.close()
+            await pool.disconnect()
+        return total
+
+    assert run(aloop, main) == 10 * 50
+
+
+def test_publish_subscribe(aloop, redis_server):
+    channel = prefixed(aloop, 'news')
+
+    async def main():
+        r = connect(redis_server, 'unix')
+        pubsub = r.pubsub()
+        try:
+            await pubsub.subscribe(channel)
+            assert (await pubsub.get_message(timeout=5))['type'] == \
+                'subscribe'
+            for i in range(100):
+                await r.publish(channel, 'item %d' % i)
+            got = []
+            while len(got) < 100:
+                message = await pubsub.get_message(timeout=5)
+                assert message is not None, 'a message did not come'
+                got.append(message['data'])
+            await pubsub.unsubscribe(channel)
+        finally:
+            await pubsub.close()
+            await r.close()
+            await r.connection_pool.disconnect()
+        return got
+
+    assert run(aloop, main) == [b'item %d' % i for i in range(100)]
+
+
+def test_blocking_pop_waits_for_a_push_and_times_out(aloop, redis_server):
+    key = prefixed(aloop, 'queue')
+
+    async def main():
+        r = connect(redis_server, 'tcp')
+        try:
+            waiting = asyncio.create_task(r.blpop(key, timeout=5))
+            # The push goes out on a second connection of the pool once
+            # the server shows the first one blocked in BLPOP.
+            while not any(client['cmd'] == 'blpop'
+                          for client in await r.client_list()):
+                pass
+            await r.rpush(key, 'job')
+            popped = await waiting
+            empty = await r.blpop(key, timeout=0.1)  # the server times out
+        finally:
+            await r.close()
+            await r.connection_pool.disconnect()
+        return popped, empty
+
+    assert run(aloop, main) == ((prefixed(aloop, 'queue').encode(), b'job'),
+                                None)
+
+
+def test_socket_timeout_then_recovery(aloop, redis_server):
+    key = prefixed(aloop, 'slow')
+
+    async def main():
+        r = connect(redis_server, 'tcp', socket_timeout=0.1)
+        try:
+            # The server holds BLPOP for 2 s; the client gives up first.
+            with pytest.raises(RedisTimeout):
+                await r.blpop(key, timeout=2)
+            return await r.ping()  # on a good connection again
+        finally:
+            await r.close()
+            await r.connection_pool.disconnect()
+
+    assert run(aloop, main) is True
