@@ -87,10 +87,8 @@ pytest_step() { # pytest_step NAME [VAR=VALUE...]: pytest in that environment
   count "$name" "$np" "$nf"
 }
 
-# CPython's test_asyncio against the checked-in known failures: its own
-# "conformance: N passed, M failed" line (M = unexpected results) counts.
-suite_step() { # suite_step NAME TAG CMD...: counts the CMD's last
-  # "TAG: N passed, N failed" line
+# A runner that ends with a "TAG: N passed, M failed" line: that line counts.
+suite_step() { # suite_step NAME TAG CMD...
   local name=$1 tag=$2 line np nf
   shift 2
   run "$name" 3600 "$@"
@@ -103,17 +101,18 @@ suite_step() { # suite_step NAME TAG CMD...: counts the CMD's last
   count "$name" "$np" "$nf"
 }
 
+# CPython's test_asyncio against the checked-in known failures (M counts
+# the unexpected results).
 conformance_step() { # conformance_step NAME [VAR=VALUE...]
   local name=$1
   shift
   suite_step "$name" conformance env "$@" "$PY" tests/conformance/run.py --check
 }
 
-other_suite_step() { # other_suite_step SUITE [VAR=VALUE...]: another
-  # project's own tests on unixloop (tests/conformance/suites.py)
-  local suite=$1 name="$1's test suite on unixloop"
-  shift
-  if [ "$#" -gt 0 ]; then name="$name, package built with ASan/UBSan"; fi
+# Another project's own tests on unixloop (tests/conformance/suites.py).
+other_suite_step() { # other_suite_step SUITE NAME_SUFFIX [VAR=VALUE...]
+  local suite=$1 name="$1's test suite on unixloop$2"
+  shift 2
   suite_step "$name" "$suite" env "$@" "$PY" tests/conformance/suites.py "$suite"
 }
 
@@ -148,9 +147,9 @@ if [ "$ok_py" = 0 ]; then
   if [ -f tests/conformance/run.py ]; then
     conformance_step "conformance check (CPython test_asyncio)"
   fi
-  other_suite_step tornado
-  other_suite_step aiosmtpd
-  other_suite_step pyzmq
+  for suite in tornado aiosmtpd pyzmq; do
+    other_suite_step "$suite" ""
+  done
 fi
 # The binding's C under the sanitizers: PYTHONMALLOC=malloc so that Python
 # objects are ASan-checked heap blocks too; no leak check (an interpreter
@@ -167,9 +166,9 @@ if [ "$ok_py" = 0 ] && [ "$ok_py_asan" = 0 ]; then
     conformance_step "conformance check, package built with ASan/UBSan" \
       "${asan_env[@]}"
   fi
-  other_suite_step tornado "${asan_env[@]}"
-  other_suite_step aiosmtpd "${asan_env[@]}"
-  other_suite_step pyzmq "${asan_env[@]}"
+  for suite in tornado aiosmtpd pyzmq; do
+    other_suite_step "$suite" ", package built with ASan/UBSan" "${asan_env[@]}"
+  done
 fi
 
 echo
