@@ -154,23 +154,33 @@ async def through(reader, writer, data):
     return got
 
 
+async def echoed_through_forward(echo, forward, open_client):
+    """Sends BIG to the echo server echo through a forward that
+    forward(connection) sets up and open_client(listener) connects to;
+    closes everything and returns whether it all came back."""
+    server, conn = await ssh_pair()
+    try:
+        listener = await forward(conn)
+        got = await through(*await open_client(listener), pattern(BIG))
+        listener.close()
+        await listener.wait_closed()
+    finally:
+        await close_pair(server, conn)
+        echo.close()
+        await echo.wait_closed()
+    return got == pattern(BIG)
+
+
 def test_tcp_port_forwarding(aloop):
     async def main():
         echo = await asyncio.start_server(echo_client, '127.0.0.1', 0)
-        echo_port = echo.sockets[0].getsockname()[1]
-        server, conn = await ssh_pair()
-        try:
-            listener = await conn.forward_local_port(
-                '127.0.0.1', 0, '127.0.0.1', echo_port)
-            got = await through(*await asyncio.open_connection(
-                '127.0.0.1', listener.get_port()), pattern(BIG))
-            listener.close()
-            await listener.wait_closed()
-        finally:
-            await close_pair(server, conn)
-            echo.close()
-            await echo.wait_closed()
-        return got == pattern(BIG)
+        port = echo.sockets[0].getsockname()[1]
+        return await echoed_through_forward(
+            echo,
+            lambda conn: conn.forward_local_port('127.0.0.1', 0,
+                                                 '127.0.0.1', port),
+            lambda listener: asyncio.open_connection('127.0.0.1',
+                                                     listener.get_port()))
 
     assert run(aloop, main)
 
@@ -180,19 +190,10 @@ def test_unix_socket_forwarding(aloop):
         echo_path = os.path.join(tmp, 'echo.sock')
         local_path = os.path.join(tmp, 'local.sock')
         echo = await asyncio.start_unix_server(echo_client, echo_path)
-        server, conn = await ssh_pair()
-        try:
-            listener = await conn.forward_local_path(local_path, echo_path)
-            got = await through(
-                *await asyncio.open_unix_connection(local_path),
-                pattern(BIG))
-            listener.close()
-            await listener.wait_closed()
-        finally:
-            await close_pair(server, conn)
-            echo.close()
-            await echo.wait_closed()
-        return got == pattern(BIG)
+        return await echoed_through_forward(
+            echo,
+            lambda conn: conn.forward_local_path(local_path, echo_path),
+            lambda listener: asyncio.open_unix_connection(local_path))
 
     with tempfile.TemporaryDirectory() as tmp:
         assert run(aloop, main, tmp)

@@ -10,6 +10,7 @@ bounded by asyncio.wait_for (socket_timeout), and pub/sub over a connection
 that only receives.
 """
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -68,11 +69,22 @@ def redis_server():
             proc.stdout.close()
 
 
-def connect(server, transport, **kwargs):
+@contextlib.asynccontextmanager
+async def connected(server, transport='tcp', **kwargs):
+    """A client of server over transport ('tcp' or 'unix'), or on the
+    connection_pool given; closed, with every connection, on the way out."""
     port, path = server
-    if transport == 'tcp':
-        return redis.Redis(host='127.0.0.1', port=port, **kwargs)
-    return redis.Redis(unix_socket_path=path, **kwargs)
+    if 'connection_pool' in kwargs:
+        r = redis.Redis(**kwargs)
+    elif transport == 'tcp':
+        r = redis.Redis(host='127.0.0.1', port=port, **kwargs)
+    else:
+        r = redis.Redis(unix_socket_path=path, **kwargs)
+    try:
+        yield r
+    finally:
+        await r.close()
+        await r.connection_pool.disconnect()
 
 
 def prefixed(aloop, name):
@@ -85,17 +97,13 @@ def test_commands_and_a_big_value(aloop, redis_server, transport):
     key = prefixed(aloop, 'commands-' + transport)
 
     async def main():
-        r = connect(redis_server, transport)
-        try:
+        async with connected(redis_server, transport) as r:
             await r.set(key, pattern(BIG))
             value = await r.get(key)
             counter = await r.incrby(key + ':n', 5)
             await r.hset(key + ':h', mapping={'a': '1', 'b': '2'})
             fields = await r.hgetall(key + ':h')
             await r.delete(key, key + ':n', key + ':h')
-        finally:
-            await r.close()
-            await r.connection_pool.disconnect()
         return value == pattern(BIG), counter, fields
 
     assert run(aloop, main) == (True, 5, {b'a': b'1', b'b': b'2'})
@@ -106,17 +114,13 @@ def test_pipeline_and_transaction(aloop, redis_server, transport):
     key = prefixed(aloop, 'pipeline-' + transport)
 
     async def main():
-        r = connect(redis_server, transport)
-        try:
-            async with r.pipeline(transaction=True) as pipe:
-                for i in range(1000):
-                    pipe.rpush(key, i)
-                pipe.lrange(key, 0, -1)
-                pipe.delete(key)
-                replies = await pipe.execute()
-        finally:
-            await r.close()
-            await r.connection_pool.disconnect()
+        async with connected(redis_server, transport) as r, \
+                r.pipeline(transaction=True) as pipe:
+            for i in range(1000):
+                pipe.rpush(key, i)
+            pipe.lrange(key, 0, -1)
+            pipe.delete(key)
+            replies = await pipe.execute()
         return replies[-2], replies[-1]
 
     values, deleted = run(aloop, main)
@@ -132,8 +136,7 @@ def test_many_tasks_share_a_pool(aloop, redis_server):
         pool = redis.BlockingConnectionPool(
             host='127.0.0.1', port=redis_server[0], max_connections=3,
             timeout=None)  # wait as long as it takes
-        r = redis.Redis(connection_pool=pool)
-        try:
+        async with connected(redis_server, connection_pool=pool) as r:
             async def worker():
                 for _ in range(50):
                     await r.incr(key)
@@ -141,9 +144,6 @@ def test_many_tasks_share_a_pool(aloop, redis_server):
             await asyncio.gather(*[worker() for _ in range(10)])
             total = int(await r.get(key))
             await r.delete(key)
-        finally:
-            await r.close()
-            await pool.disconnect()
         return total
 
     assert run(aloop, main) == 10 * 50
@@ -153,24 +153,22 @@ def test_publish_subscribe(aloop, redis_server):
     channel = prefixed(aloop, 'news')
 
     async def main():
-        r = connect(redis_server, 'unix')
-        pubsub = r.pubsub()
-        try:
-            await pubsub.subscribe(channel)
-            assert (await pubsub.get_message(timeout=5))['type'] == \
-                'subscribe'
-            for i in range(100):
-                await r.publish(channel, 'item %d' % i)
-            got = []
-            while len(got) < 100:
-                message = await pubsub.get_message(timeout=5)
-                assert message is not None, 'a message did not come'
-                got.append(message['data'])
-            await pubsub.unsubscribe(channel)
-        finally:
-            await pubsub.close()
-            await r.close()
-            await r.connection_pool.disconnect()
+        async with connected(redis_server, 'unix') as r:
+            pubsub = r.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                assert (await pubsub.get_message(timeout=5))['type'] == \
+                    'subscribe'
+                for i in range(100):
+                    await r.publish(channel, 'item %d' % i)
+                got = []
+                while len(got) < 100:
+                    message = await pubsub.get_message(timeout=5)
+                    assert message is not None, 'a message did not come'
+                    got.append(message['data'])
+                await pubsub.unsubscribe(channel)
+            finally:
+                await pubsub.close()
         return got
 
     assert run(aloop, main) == [b'item %d' % i for i in range(100)]
@@ -180,8 +178,7 @@ def test_blocking_pop_waits_for_a_push_and_times_out(aloop, redis_server):
     key = prefixed(aloop, 'queue')
 
     async def main():
-        r = connect(redis_server, 'tcp')
-        try:
+        async with connected(redis_server) as r:
             waiting = asyncio.create_task(r.blpop(key, timeout=5))
             # The push goes out on a second connection of the pool once
             # the server shows the first one blocked in BLPOP.
@@ -191,9 +188,6 @@ def test_blocking_pop_waits_for_a_push_and_times_out(aloop, redis_server):
             await r.rpush(key, 'job')
             popped = await waiting
             empty = await r.blpop(key, timeout=0.1)  # the server times out
-        finally:
-            await r.close()
-            await r.connection_pool.disconnect()
         return popped, empty
 
     assert run(aloop, main) == ((prefixed(aloop, 'queue').encode(), b'job'),
@@ -204,14 +198,10 @@ def test_socket_timeout_then_recovery(aloop, redis_server):
     key = prefixed(aloop, 'slow')
 
     async def main():
-        r = connect(redis_server, 'tcp', socket_timeout=0.1)
-        try:
+        async with connected(redis_server, socket_timeout=0.1) as r:
             # The server holds BLPOP for 2 s; the client gives up first.
             with pytest.raises(RedisTimeout):
                 await r.blpop(key, timeout=2)
             return await r.ping()  # on a good connection again
-        finally:
-            await r.close()
-            await r.connection_pool.disconnect()
 
     assert run(aloop, main) is True
