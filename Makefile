@@ -23,7 +23,8 @@ DEB_PACKAGES := build-essential make cmake clang pkg-config python3-dev \
 	libcmocka-dev python3-aiohttp python3-websockets python3-httpx \
 	python3-anyio python3-aiosmtpd python3-uvicorn python3-httptools \
 	python3-wsproto python3-starlette python3-tornado python3-pytest-mock \
-	python3-asyncssh python3-zmq python3-redis redis-server
+	python3-asyncssh python3-zmq python3-redis redis-server \
+	python3-asyncpg postgresql
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -747,6 +747,16 @@ static PyObject *Transport_abort(TransportObj *t,
   Py_RETURN_NONE;
 }
 
+/* asyncio's _SelectorTransport._force_close(exc), which asyncio's sslproto
+ * calls on the transport under TLS when the handshake or shutdown fails:
+ * abort, with exc as connection_lost's argument. */
+static PyObject *Transport_force_close(TransportObj *t, PyObject *exc) {
+  if (t->stream != NULL && !t->conn_lost && exc != Py_None &&
+      t->lost_exc == NULL)
+    t->lost_exc = Py_NewRef(exc);
+  return Transport_abort(t, NULL);
+}
+
 static PyObject *Transport_is_closing(TransportObj *t,
                                       PyObject *Py_UNUSED(ignored)) {
   if (t->orphaned)
@@ -1004,6 +1014,7 @@ static PyMethodDef Transport_methods[] = {
      NULL},
     {"close", (PyCFunction)Transport_close, METH_NOARGS, NULL},
     {"abort", (PyCFunction)Transport_abort, METH_NOARGS, NULL},
+    {"_force_close", (PyCFunction)Transport_force_close, METH_O, NULL},
     {"is_closing", (PyCFunction)Transport_is_closing, METH_NOARGS, NULL},
     {"is_reading", (PyCFunction)Transport_is_reading, METH_NOARGS, NULL},
     {"pause_reading", (PyCFunction)Transport_pause_reading, METH_NOARGS,

@@ -2,11 +2,13 @@
 asyncio's transports sees, compared with stock asyncio where it makes sense."""
 import asyncio
 import socket
+import ssl
 import tracemalloc
 
 import pytest
 
 import unixloop
+from conftest import run
 
 
 class Recorder(asyncio.Protocol):
@@ -290,3 +292,42 @@ def test_peer_reset_reaches_connection_lost(aloop, no_fd_leak):
     aloop.run_until_complete(proto.done)
     assert proto.events[-1] in (('lost', 'ConnectionResetError'),
                                 ('lost', None))
+
+
+@pytest.mark.parametrize('upgrade', ['ssl=', 'start_tls'])
+def test_failed_tls_handshake_reaches_the_caller(aloop, tls_pair, upgrade):
+    """A client that does not trust the server's certificate: asyncio's
+    sslproto aborts the transport under it with _force_close(exc), and the
+    caller gets the ssl module's error, with nothing for the handler."""
+    server_ctx, _ = tls_pair
+    untrusting = ssl.create_default_context()
+    contexts = []
+    aloop.set_exception_handler(lambda loop, ctx: contexts.append(ctx))
+    async def main():
+        server = await aloop.create_server(asyncio.Protocol, '127.0.0.1', 0,
+                                           ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                if upgrade == 'ssl=':
+                    await aloop.create_connection(
+                        asyncio.Protocol, '127.0.0.1', port, ssl=untrusting,
+                        server_hostname='localhost')
+                else:
+                    transport, proto = await aloop.create_connection(
+                        asyncio.Protocol, '127.0.0.1', port)
+                    try:
+                        await aloop.start_tls(transport, proto, untrusting,
+                                              server_hostname='localhost')
+                    finally:
+                        transport.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(aloop, main)
+    # In debug mode asyncio also reports the server's side, reset by the
+    # client mid-handshake ("Error on transport creation for incoming
+    # connection"), on both loops; nothing is reported about the client.
+    assert [c for c in contexts
+            if not c['message'].endswith('incoming connection')] == []
