@@ -432,9 +432,13 @@ UL_EXTERN int ul_stream_open(ul_loop *loop, int fd,
 
 /* Sends bytes: written at once as far as the kernel takes them, the rest
  * copied to the write buffer and sent when the fd is writable (writev).
- * Nothing written before close is lost.
- * Errors: -EINVAL, -EPIPE (after write_eof, or the stream is closing),
- * -ENOMEM.  A connection error is not returned: it ends the connection
+ * Nothing written before close is lost.  A socket that ul_stream_close()
+ * is still flushing takes more bytes (as asyncio's socket transport does:
+ * a TLS layer writes its close_notify from resume_writing, called as the
+ * buffer drains); they are sent before the close.
+ * Errors: -EINVAL, -EPIPE (after write_eof; once connection_lost is due:
+ * closed with an empty buffer, aborted, a connection error; a pipe that
+ * is closing), -ENOMEM.  A connection error is not returned: it ends the connection
  * through connection_lost. */
 UL_EXTERN int ul_stream_write(ul_stream *stream, const void *data,
                               size_t len);
@@ -467,7 +471,9 @@ UL_EXTERN int ul_stream_can_write_eof(const ul_stream *stream);
 
 /* Stops reading, flushes the write buffer, then closes: connection_lost(0)
  * runs after the last byte was sent (or at once, in the next iteration, if
- * the buffer is empty).  Calling it again does nothing.  Errors: -EINVAL. */
+ * the buffer is empty); bytes written to a socket while it flushes are
+ * sent too.
+ * Calling it again does nothing.  Errors: -EINVAL. */
 UL_EXTERN int ul_stream_close(ul_stream *stream);
 
 /* Closes at once, dropping the write buffer; connection_lost(0) runs in the

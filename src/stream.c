@@ -727,7 +727,7 @@ static void flush_now(ul_stream *s) {
  * loop, with a write small enough that asyncio would not pause the
  * protocol even if none of it were sent, and cheap to keep. */
 static int may_defer(const ul_stream *s, size_t total, int by_ref) {
-  return s->loop->in_iteration && s->is_socket && !s->pipe &&
+  return s->loop->in_iteration && s->is_socket && !s->pipe && !s->closing &&
          total <= s->high && (by_ref || total <= DEFER_COPY_MAX);
 }
 
@@ -790,7 +790,12 @@ void ul__streams_flush(ul_loop *loop) {
  * buffer): returns 1 if the rest was queued by reference. */
 static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
                         ul_release_cb release, void *arg) {
-  if (s->eof_wanted || s->closing || s->read_only)
+  /* A socket still flushing after close() takes more bytes, as asyncio's
+   * socket transport does (its TLS layer writes the close_notify from
+   * resume_writing, called as close() drains the buffer); a pipe does
+   * not, as asyncio's pipe transport does not. */
+  if (s->eof_wanted || s->read_only || s->lost_scheduled ||
+      (s->closing && s->pipe))
     return -EPIPE;
   if (s->sendfile != NULL)
     return -EBUSY;
@@ -799,9 +804,9 @@ static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
     total += iov[i].iov_len;
   if (total == 0)
     return 0;
-  if (s->flush_queued && pending(s) + total > s->high) {
+  if (s->flush_queued && !s->closing && pending(s) + total > s->high) {
     flush_now(s);
-    if (s->closing)
+    if (s->lost_scheduled)
       return 0; /* the write failed: reported through connection_lost */
   }
 
@@ -858,7 +863,7 @@ static int stream_write(ul_stream *s, const struct iovec *iov, int iovcnt,
   }
   if (!s->flush_queued) {
     arm_writer(s);
-    if (s->closing)
+    if (s->lost_scheduled)
       return kept; /* fatal() released a kept reference */
   }
   maybe_pause_protocol(s);

@@ -691,14 +691,16 @@ static PyObject *Transport_write(TransportObj *t, PyObject *data) {
     PyBuffer_Release(&view);
     Py_RETURN_NONE;
   }
-  if (t->stream == NULL || ul_stream_is_closing(t->stream)) {
-    PyBuffer_Release(&view);
-    if (ulpy_count_lost_write(t->loop->st, &t->conn_lost) < 0)
-      return NULL;
-    Py_RETURN_NONE;
-  }
-  int err = ulpy_stream_write(t->stream, data, &view);
+  /* As asyncio's socket transport: bytes written while close() flushes
+   * are sent; once the connection is lost (or closed with nothing left to
+   * send) they are dropped and counted. */
+  int err = t->stream != NULL ? ulpy_stream_write(t->stream, data, &view)
+                              : -EPIPE;
   PyBuffer_Release(&view);
+  if (err == -EPIPE)
+    return ulpy_count_lost_write(t->loop->st, &t->conn_lost) < 0
+               ? NULL
+               : Py_NewRef(Py_None);
   if (err < 0)
     return ulpy_raise_errno(err);
   if (PyErr_Occurred())

@@ -107,6 +107,7 @@ struct conn {
   int close_in_made, abort_in_made, write_in_made;
   int close_in_data, abort_in_data, big_write_in_data;
   int close_in_pause, abort_in_pause;
+  const char *write_in_resume; /* written (with its NUL) in resume_writing */
   int abort_in_lost;        /* call ul_stream_abort inside connection_lost */
   int peer_write_in_data;   /* fd: write "def" to it during data_received */
   const char *big;          /* for big_write_in_data */
@@ -260,6 +261,9 @@ static void on_resume(ul_stream *s, void *ctx) {
   rec(c, s, 'R');
   c->resumes++;
   c->wbuf_at_resume = ul_stream_get_write_buffer_size(s);
+  if (c->write_in_resume != NULL)
+    ASSERT_OK(ul_stream_write(s, c->write_in_resume,
+                              strlen(c->write_in_resume) + 1));
 }
 
 static const ul_stream_protocol proto = {
@@ -832,8 +836,9 @@ TEST_IMPL(stream_close_flushes_queued) {
   ASSERT_OK(ul_stream_close(c.s));
   ASSERT_EQ(1, ul_stream_is_closing(c.s));
   ASSERT_EQ(0, ul_stream_is_reading(c.s));
-  ASSERT_EQ(-EPIPE, ul_stream_write(c.s, "x", 1));
-  ASSERT_EQ(-EPIPE, ul_stream_writev(c.s, NULL, 0));
+  /* Still flushing: more bytes are taken, and sent after the rest. */
+  ASSERT_OK(ul_stream_write(c.s, "tail", 4));
+  ASSERT_OK(ul_stream_writev(c.s, NULL, 0));
   ASSERT_OK(ul_stream_close(c.s)); /* again: nothing */
   ASSERT_EQ(4, write(sv[1], "late", 4)); /* not delivered: closing */
   spin(loop, 3);
@@ -841,8 +846,9 @@ TEST_IMPL(stream_close_flushes_queued) {
 
   peer_start_reading(&pr);
   RUN_UNTIL(loop, c.lost && pr.eof);
-  ASSERT_EQ(len, pr.len);
-  check_pattern(pr.buf, pr.len);
+  ASSERT_EQ(len + 4, pr.len);
+  check_pattern(pr.buf, len);
+  ASSERT_EQ(0, memcmp("tail", pr.buf + len, 4));
   ASSERT_STR_EQ("MPRL", c.trace);
   ASSERT_EQ(0, c.lost_err);
   ASSERT_EQ(0, c.wbuf_at_lost);
@@ -850,6 +856,41 @@ TEST_IMPL(stream_close_flushes_queued) {
   /* After the last byte: EOF, or (AF_UNIX) ECONNRESET, since the stream
    * closed its socket with "late" unread. */
   ASSERT(pr.err == 0 || pr.err == ECONNRESET);
+  test_close(sv[1]);
+  CLOSE_LOOP(loop);
+  free(data);
+  free(pr.buf);
+  conn_free(&c);
+  return 0;
+}
+
+/* The buffer drains below the low-water mark after close(): resume_writing
+ * still runs, and what it writes (asyncio's TLS layer writes its
+ * close_notify there) goes out before the close. */
+TEST_IMPL(stream_close_sends_what_resume_writing_writes) {
+  ul_loop *loop = test_loop_new();
+  struct conn c;
+  struct peer pr;
+  int sv[2];
+  size_t len = 4 * MB;
+  char *data = pattern_new(len);
+
+  conn_init(&c, loop);
+  c.write_in_resume = "close_notify";
+  test_socketpair(sv);
+  peer_init(&pr, loop, sv[1]);
+  conn_open(&c, sv[0], &proto);
+  RUN_UNTIL(loop, c.made);
+  ASSERT_OK(ul_stream_write(c.s, data, len));
+  ASSERT_OK(ul_stream_close(c.s));
+  peer_start_reading(&pr);
+  RUN_UNTIL(loop, c.lost && pr.eof);
+  ASSERT_STR_EQ("MPRL", c.trace);
+  ASSERT_EQ(0, c.lost_err);
+  ASSERT_EQ(len + sizeof "close_notify", pr.len);
+  check_pattern(pr.buf, len);
+  ASSERT_STR_EQ("close_notify", pr.buf + len);
+  ASSERT_EQ(0, pr.err);
   test_close(sv[1]);
   CLOSE_LOOP(loop);
   free(data);

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 import unixloop
-from conftest import run
+from conftest import pattern, run
 
 
 class Recorder(asyncio.Protocol):
@@ -207,6 +207,41 @@ def test_flow_control_pause_resume(aloop, no_fd_leak):
     finally:
         transport.close()
         aloop.run_until_complete(proto.done)
+        peer.close()
+
+
+def test_writes_while_close_flushes_are_sent(aloop, no_fd_leak):
+    """asyncio's socket transport takes writes until close() has flushed
+    its buffer: its TLS layer writes the close_notify from resume_writing,
+    called as that buffer drains."""
+    class Closer(Recorder):
+        def resume_writing(self):
+            self.transport.write(b'bye')
+
+    transport, proto, peer = make_pair(aloop, Closer)
+    blob = pattern(4 * 1024 * 1024)
+    try:
+        transport.write(blob)
+        transport.close()
+        transport.write(b'then')
+        got = bytearray()
+
+        async def read_peer():
+            while True:
+                try:
+                    chunk = peer.recv(1 << 20)
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+                    continue
+                if not chunk:
+                    return
+                got.extend(chunk)
+
+        run(aloop, read_peer)
+        run(aloop, lambda: proto.done)
+        assert bytes(got) == blob + b'then' + b'bye'
+        assert proto.events == ['made', ('lost', None)]
+    finally:
         peer.close()
 
 
