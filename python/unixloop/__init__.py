@@ -28,7 +28,7 @@ import warnings
 import weakref
 import socket
 from asyncio import (base_events, constants, events, exceptions, futures,
-                     trsock, unix_events)
+                     sslproto, trsock, unix_events)
 from asyncio.log import logger
 
 from . import _core
@@ -209,6 +209,23 @@ class Loop(_core.Loop, unix_events.SelectorEventLoop):
         if waiter is not None:
             self.call_soon(futures._set_result_unless_cancelled, waiter, None)
         return transport
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None,
+                            *, server_side=False, server_hostname=None,
+                            extra=None, server=None,
+                            ssl_handshake_timeout=(
+                                constants.SSL_HANDSHAKE_TIMEOUT),
+                            ssl_shutdown_timeout=(
+                                constants.SSL_SHUTDOWN_TIMEOUT)):
+        """asyncio's sslproto over the C socket transport (asyncio's own
+        version puts it over its Python selector transport)."""
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra,
+                                    server=server)
+        return ssl_protocol._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None,
                                  waiter=None, extra=None):
