@@ -366,3 +366,38 @@ def test_failed_tls_handshake_reaches_the_caller(aloop, tls_pair, upgrade):
     # connection"), on both loops; nothing is reported about the client.
     assert [c for c in contexts
             if not c['message'].endswith('incoming connection')] == []
+
+
+def test_tls_runs_on_the_c_transport(loop, tls_pair):
+    """ssl= on both ends: asyncio's sslproto sits over unixloop's C socket
+    transport (asyncio's own _make_ssl_transport would put it over its
+    Python selector transport), and the bytes cross intact."""
+    server_ctx, client_ctx = tls_pair
+    blob = pattern(1 << 20)
+    under = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            under.append(transport._ssl_protocol._transport)
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    async def main():
+        server = await loop.create_server(Echo, '127.0.0.1', 0,
+                                          ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            '127.0.0.1', port, ssl=client_ctx, server_hostname='localhost')
+        under.append(writer.transport._ssl_protocol._transport)
+        writer.write(blob)
+        echoed = await reader.readexactly(len(blob))
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return echoed == blob
+
+    assert run(loop, main)
+    assert [type(t).__name__ for t in under] == ['SocketTransport'] * 2
