@@ -24,6 +24,7 @@ import platform
 import resource
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -335,11 +336,20 @@ def _cpu(ru):
     return ru.ru_utime + ru.ru_stime
 
 
-def echo_client_cmd(client, target, size, warmup, duration):
+def echo_client_cmd(client, target, size, warmup, duration, tls=False):
     """size: bytes per echo, or a URL path (str): HTTP GETs of it."""
     what = ["-H", size] if isinstance(size, str) else ["-s", str(size)]
     return [client] + target + ["-c", str(ECHO_CONNECTIONS)] + what + [
-        "-d", str(duration), "-w", str(warmup)]
+        "-d", str(duration), "-w", str(warmup)] + (["-T"] if tls else [])
+
+
+def _server_tls_context():
+    """TLS for the 'tls' echo: CPython's test certificate and key (from
+    libpython3.11-testsuite; the client does not check them)."""
+    from test.test_asyncio import utils as certs
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(certs.SIGNED_CERTFILE)
+    return ctx
 
 
 HTTP_BODY = "Hello, World!"
@@ -409,7 +419,8 @@ HTTP_SERVERS = {
 
 
 def run_echo(loop, api, family, size, warmup, duration, client):
-    """Serves echo with `api` ('sock', 'proto' or 'streams'), or HTTP with
+    """Serves echo with `api` ('sock', 'proto', 'streams', or 'tls': the
+    protocol over TLS, asyncio's sslproto on each loop's transport), or HTTP with
     one of HTTP_SERVERS ('aiohttp', 'uvicorn'), on `family` ('tcp' or 'unix'), runs the C client
     against it and measures the server's CPU time (run_client)."""
     tmpdir = None
@@ -450,10 +461,13 @@ def run_echo(loop, api, family, size, warmup, duration, client):
             HTTP_SERVERS[api][0](family, path if family == "unix" else None))
     else:
         async def start():
-            if api == "proto":
+            if api in ("proto", "tls"):
+                ctx = _server_tls_context() if api == "tls" else None
                 if family == "tcp":
-                    return await loop.create_server(_EchoProtocol, host, 0)
-                return await loop.create_unix_server(_EchoProtocol, path)
+                    return await loop.create_server(_EchoProtocol, host, 0,
+                                                    ssl=ctx)
+                return await loop.create_unix_server(_EchoProtocol, path,
+                                                     ssl=ctx)
             if family == "tcp":
                 return await asyncio.start_server(_streams_echo, host, 0)
             return await asyncio.start_unix_server(_streams_echo, path)
@@ -464,7 +478,8 @@ def run_echo(loop, api, family, size, warmup, duration, client):
         else:
             target = ["-u", path]
 
-    cmd = echo_client_cmd(client, target, size, warmup, duration)
+    cmd = echo_client_cmd(client, target, size, warmup, duration,
+                          tls=api == "tls")
 
     def cleanup():
         for t in tasks:
@@ -621,7 +636,8 @@ class Workload:
     @property
     def raw_serves(self):
         """bench/c/echo_server can be the server (it speaks echo, not HTTP)."""
-        return self.kind == "echo" and self.params["api"] not in HTTP_SERVERS
+        return self.kind == "echo" and self.params["api"] not in HTTP_SERVERS \
+            and self.params["api"] != "tls"
 
 
 def _workloads():
@@ -636,7 +652,8 @@ def _workloads():
         Workload("signal", "roundtrips/s", "micro", func=wl_signal),
     ]
     sizes = (("1k", 1024), ("10k", 10240), ("100k", 102400))
-    for api, default in (("sock", True), ("proto", False), ("streams", False)):
+    for api, default in (("sock", True), ("proto", False), ("streams", False),
+                         ("tls", False)):
         for family in ("tcp", "unix"):
             for label, size in sizes:
                 wl.append(Workload("echo_%s_%s_%s" % (api, family, label), "req/s",

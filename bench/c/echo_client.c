@@ -2,11 +2,13 @@
  * echo_client -- a raw-epoll echo load generator (no event-loop library).
  *
  *   echo_client -a HOST:PORT | -u PATH  [-c 16] [-s 1024] [-d 2] [-w 0.5] [-V]
- *               [-H URL_PATH]
+ *               [-H URL_PATH] [-T]
  *
  * Opens `c` stream connections (TCP with TCP_NODELAY, or UNIX-domain).  Each
  * connection sends one message of `s` bytes, waits until all `s` bytes have
  * come back, and sends the next one (one request in flight per connection).
+ * With -T each connection speaks TLS (OpenSSL, the server's certificate not
+ * checked): the handshakes are done before the warm-up, blocking.
  * With -H the message is an HTTP/1.1 request, "GET URL_PATH" on a kept-alive
  * connection, and what must come back is one response: a 200 status line,
  * headers with a Content-Length, and that many bytes of body (-s is unused).
@@ -38,6 +40,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #define HTTP_RESPONSE_MAX 16384
 
 typedef struct conn {
@@ -46,6 +51,7 @@ typedef struct conn {
   size_t got;      /* bytes of the current echo (or response) read */
   int want_out;    /* EPOLLOUT armed */
   char *response;  /* -H: the response so far, HTTP_RESPONSE_MAX bytes */
+  SSL *ssl;        /* -T */
 } conn;
 
 static size_t msg_size = 1024;
@@ -53,6 +59,7 @@ static char *out_buf;
 static char *in_buf;
 static int verify;
 static int http;   /* -H */
+static SSL_CTX *tls; /* -T */
 static int epfd = -1;
 
 static double now_s(void) {
@@ -69,7 +76,7 @@ static void die(const char *what) {
 static void usage(void) {
   fprintf(stderr,
           "usage: echo_client (-a HOST:PORT | -u PATH) [-c CONNS] [-s BYTES] "
-          "[-d SECONDS] [-w WARMUP_SECONDS] [-V] [-H URL_PATH]\n");
+          "[-d SECONDS] [-w WARMUP_SECONDS] [-V] [-H URL_PATH] [-T]\n");
   exit(1);
 }
 
@@ -123,6 +130,54 @@ static int open_unix(const char *path) {
   return fd;
 }
 
+static void die_tls(const char *what) {
+  fprintf(stderr, "echo_client: %s: ", what);
+  ERR_print_errors_fp(stderr);
+  fputc('\n', stderr);
+  exit(1);
+}
+
+/* -T: the TLS session over the (still blocking) connection. */
+static void start_tls(conn *c) {
+  c->ssl = SSL_new(tls);
+  if (c->ssl == NULL || !SSL_set_fd(c->ssl, c->fd)) die_tls("SSL_new");
+  if (SSL_connect(c->ssl) != 1) die_tls("TLS handshake");
+  SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                           SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+}
+
+/* write(2), or SSL_write under -T: bytes written, or -1 with errno (EAGAIN
+ * when the connection cannot take more now). */
+static ssize_t send_some(conn *c, const char *buf, size_t len) {
+  int n, err;
+  if (c->ssl == NULL) return write(c->fd, buf, len);
+  n = SSL_write(c->ssl, buf, (int)len);
+  if (n > 0) return n;
+  err = SSL_get_error(c->ssl, n);
+  if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
+    errno = EAGAIN;
+    return -1;
+  }
+  die_tls("SSL_write");
+  return -1;
+}
+
+/* read(2), or SSL_read under -T: as send_some, and 0 at the end. */
+static ssize_t recv_some(conn *c, char *buf, size_t len) {
+  int n, err;
+  if (c->ssl == NULL) return read(c->fd, buf, len);
+  n = SSL_read(c->ssl, buf, (int)len);
+  if (n > 0) return n;
+  err = SSL_get_error(c->ssl, n);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+    errno = EAGAIN;
+    return -1;
+  }
+  if (err == SSL_ERROR_ZERO_RETURN) return 0;
+  die_tls("SSL_read");
+  return -1;
+}
+
 static void set_out(conn *c, int on) {
   struct epoll_event ev;
   if (c->want_out == on) return;
@@ -135,7 +190,7 @@ static void set_out(conn *c, int on) {
 /* Writes what it can of the current request. */
 static void do_write(conn *c) {
   while (c->sent < msg_size) {
-    ssize_t n = write(c->fd, out_buf + c->sent, msg_size - c->sent);
+    ssize_t n = send_some(c, out_buf + c->sent, msg_size - c->sent);
     if (n < 0) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
@@ -153,7 +208,7 @@ static void do_write(conn *c) {
  * nothing is there yet.  Exits on an error or a closed connection. */
 static size_t read_some(conn *c, char *buf, size_t want) {
   for (;;) {
-    ssize_t n = read(c->fd, buf, want);
+    ssize_t n = recv_some(c, buf, want);
     if (n > 0) return (size_t)n;
     if (n == 0) {
       fprintf(stderr, "echo_client: server closed a connection\n");
@@ -249,7 +304,7 @@ int main(int argc, char **argv) {
   uint64_t requests = 0;
   const char *url_path = NULL;
 
-  while ((opt = getopt(argc, argv, "a:u:c:s:d:w:VH:")) != -1) {
+  while ((opt = getopt(argc, argv, "a:u:c:s:d:w:VH:T")) != -1) {
     switch (opt) {
       case 'a': tcp = optarg; break;
       case 'u': unix_path = optarg; break;
@@ -259,6 +314,10 @@ int main(int argc, char **argv) {
       case 'w': warmup = atof(optarg); break;
       case 'V': verify = 1; break;
       case 'H': url_path = optarg; break;
+      case 'T':
+        if ((tls = SSL_CTX_new(TLS_client_method())) == NULL)
+          die_tls("SSL_CTX_new");
+        break;
       default: usage();
     }
   }
@@ -292,6 +351,7 @@ int main(int argc, char **argv) {
     c->fd = tcp ? open_tcp(tcp) : open_unix(unix_path);
     if (http && (c->response = malloc(HTTP_RESPONSE_MAX)) == NULL)
       die("malloc");
+    if (tls != NULL) start_tls(c);
     if (fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK) < 0)
       die("fcntl");
     ev.events = EPOLLIN;
@@ -335,9 +395,11 @@ int main(int argc, char **argv) {
          msg_size);
   fflush(stdout);
   for (i = 0; i < nconn; i++) {
+    SSL_free(conns[i].ssl);
     close(conns[i].fd);
     free(conns[i].response);
   }
+  SSL_CTX_free(tls);
   close(epfd);
   free(conns);
   free(in_buf);
