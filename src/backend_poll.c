@@ -2,7 +2,11 @@
  * backend_poll.c -- the portable poll(2) backend.
  *
  * A dense pollfd array plus an fd -> slot map, so that adding and removing a
- * watcher is O(1) (removal moves the last slot into the hole).
+ * watcher is O(1) (removal moves the last slot into the hole).  poll() gets
+ * a copy of the array, so that nothing it holds moves while it waits: a
+ * program that adds a watcher from another thread while the loop waits
+ * (asyncio tolerates it, and asyncio-mqtt does it) must not have poll()
+ * write its results into freed memory.
  */
 #include <fcntl.h>
 #include <poll.h>
@@ -12,12 +16,14 @@
 #include "internal.h"
 
 typedef struct poll_state {
-  struct pollfd *fds;     /* the set handed to poll() */
+  struct pollfd *fds;     /* the watched set */
   int nfds;
   int cap;
   int *slot;              /* fd -> index in fds, or -1 */
   int slot_cap;
-  struct pollfd *ready;   /* copy of the ready entries of the last wait */
+  struct pollfd *polled;  /* the copy handed to poll(), then its ready
+                             entries; resized only by poll_wait */
+  int polled_cap;
   int nready;
 } poll_state;
 
@@ -35,7 +41,7 @@ static void poll_destroy(ul_loop *loop) {
     return;
   free(st->fds);
   free(st->slot);
-  free(st->ready);
+  free(st->polled);
   free(st);
   loop->backend_data = NULL;
 }
@@ -66,10 +72,6 @@ static int reserve(poll_state *st, int fd) {
     if (fds == NULL)
       return -ENOMEM;
     st->fds = fds;
-    struct pollfd *ready = realloc(st->ready, (size_t)cap * sizeof *ready);
-    if (ready == NULL)
-      return -ENOMEM;
-    st->ready = ready;
     st->cap = cap;
   }
   return 0;
@@ -114,23 +116,36 @@ static int poll_update(ul_loop *loop, int fd, unsigned old,
 static int poll_wait(ul_loop *loop, int timeout_ms) {
   poll_state *st = loop->backend_data;
   st->nready = 0;
-  int n = poll(st->fds, (nfds_t)st->nfds, timeout_ms);
+  if (st->polled_cap < st->cap) {
+    struct pollfd *polled = realloc(st->polled,
+                                    (size_t)st->cap * sizeof *polled);
+    if (polled == NULL)
+      return -ENOMEM;
+    st->polled = polled;
+    st->polled_cap = st->cap;
+  }
+  int npolled = st->nfds;
+  if (npolled > 0)
+    memcpy(st->polled, st->fds, (size_t)npolled * sizeof *st->polled);
+  int n = poll(st->polled, (nfds_t)npolled, timeout_ms);
   if (n == -1)
     return -errno;
-  /* Copy the ready entries out: callbacks may reorder st->fds. */
-  for (int i = 0; i < st->nfds && st->nready < n; i++) {
-    if (st->fds[i].revents == 0)
+  /* Keep the ready entries, at the front: callbacks may reorder st->fds. */
+  for (int i = 0; i < npolled && n > 0; i++) {
+    struct pollfd p = st->polled[i];
+    if (p.revents == 0)
       continue;
-    if (st->fds[i].revents & POLLNVAL) {
+    n--;
+    if (p.revents & POLLNVAL) {
       /* Closed while watched: epoll forgets such an fd by itself; do the
        * same instead of reporting it on every iteration. */
-      loop->io[st->fds[i].fd].pevents = 0;
-      slot_remove(st, st->fds[i].fd);
-      i--;
-      n--;
+      if (p.fd < st->slot_cap && st->slot[p.fd] >= 0) {
+        loop->io[p.fd].pevents = 0;
+        slot_remove(st, p.fd);
+      }
       continue;
     }
-    st->ready[st->nready++] = st->fds[i];
+    st->polled[st->nready++] = p;
   }
   return 0;
 }
@@ -140,7 +155,7 @@ static void poll_dispatch(ul_loop *loop) {
   int n = st->nready;
   st->nready = 0;
   for (int i = 0; i < n; i++) {
-    short ev = st->ready[i].revents;
+    short ev = st->polled[i].revents;
     unsigned revents = 0;
     if (ev & POLLIN)
       revents |= UL_READABLE;
@@ -148,7 +163,7 @@ static void poll_dispatch(ul_loop *loop) {
       revents |= UL_WRITABLE;
     if (ev & (POLLERR | POLLHUP))
       revents |= UL_IO_ERROR;
-    ul__io_dispatch(loop, st->ready[i].fd, revents);
+    ul__io_dispatch(loop, st->polled[i].fd, revents);
   }
 }
 

@@ -1,6 +1,7 @@
 """call_soon_threadsafe, executors, to_thread, run_coroutine_threadsafe."""
 import asyncio
 import concurrent.futures
+import socket
 import threading
 import time
 
@@ -278,3 +279,44 @@ def test_python_signal_handler_runs_while_loop_waits(aloop):
         t.join()
         signal.signal(signal.SIGUSR1, old)
     assert got == [signal.SIGUSR1]
+
+
+def test_add_reader_from_another_thread_while_the_loop_waits(aloop):
+    """Not thread-safe in principle, but asyncio tolerates it and
+    asyncio-mqtt does it (paho-mqtt opens its socket in the executor and
+    watches it from there): readers added by another thread while the loop
+    waits, then a call_soon_threadsafe, all fire.  A hundred of them, so
+    that the watched set grows while the loop is inside poll()."""
+    pairs = [socket.socketpair() for _ in range(100)]
+    fired = []
+    ready = threading.Event()
+
+    def on_readable(i):
+        aloop.remove_reader(pairs[i][0].fileno())
+        fired.append(i)
+        if len(fired) == len(pairs):
+            aloop.stop()
+
+    def register():
+        assert ready.wait(TIMEOUT)
+        for i, (a, _) in enumerate(pairs):
+            aloop.add_reader(a.fileno(), on_readable, i)
+        for _, b in pairs:
+            b.send(b'x')
+        aloop.call_soon_threadsafe(lambda: None)
+
+    aloop.call_soon(ready.set)  # runs once the loop is running
+    t = threading.Thread(target=register)
+    t.start()
+    watchdog = threading.Timer(TIMEOUT, aloop.call_soon_threadsafe,
+                               (aloop.stop,))
+    watchdog.start()
+    try:
+        aloop.run_forever()
+    finally:
+        watchdog.cancel()
+        t.join()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert sorted(fired) == list(range(len(pairs)))
