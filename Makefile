@@ -24,7 +24,7 @@ DEB_PACKAGES := build-essential make cmake clang pkg-config python3-dev \
 	python3-anyio python3-aiosmtpd python3-uvicorn python3-httptools \
 	python3-wsproto python3-starlette python3-tornado python3-pytest-mock \
 	python3-asyncssh python3-zmq python3-redis redis-server \
-	python3-asyncpg postgresql libssl-dev
+	python3-asyncpg postgresql libssl-dev python3-asyncio-mqtt mosquitto
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
