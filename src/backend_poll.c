@@ -21,10 +21,11 @@ typedef struct poll_state {
   int cap;
   int *slot;              /* fd -> index in fds, or -1 */
   int slot_cap;
-  struct pollfd *polled;  /* the copy handed to poll(), then its ready
-                             entries; resized only by poll_wait */
+  struct pollfd *polled;  /* the copy handed to poll(): made by
+                             poll_prepare, read by poll_dispatch */
+  int npolled;
   int polled_cap;
-  int nready;
+  int nready;             /* how many of polled have revents */
 } poll_state;
 
 static int poll_init(ul_loop *loop) {
@@ -113,7 +114,8 @@ static int poll_update(ul_loop *loop, int fd, unsigned old,
   return 0;
 }
 
-static int poll_wait(ul_loop *loop, int timeout_ms) {
+/* The copy of the watched set that the next poll() gets. */
+static int poll_prepare(ul_loop *loop) {
   poll_state *st = loop->backend_data;
   st->nready = 0;
   if (st->polled_cap < st->cap) {
@@ -124,29 +126,18 @@ static int poll_wait(ul_loop *loop, int timeout_ms) {
     st->polled = polled;
     st->polled_cap = st->cap;
   }
-  int npolled = st->nfds;
-  if (npolled > 0)
-    memcpy(st->polled, st->fds, (size_t)npolled * sizeof *st->polled);
-  int n = poll(st->polled, (nfds_t)npolled, timeout_ms);
+  st->npolled = st->nfds;
+  if (st->npolled > 0)
+    memcpy(st->polled, st->fds, (size_t)st->npolled * sizeof *st->polled);
+  return 0;
+}
+
+static int poll_wait(ul_loop *loop, int timeout_ms) {
+  poll_state *st = loop->backend_data;
+  int n = poll(st->polled, (nfds_t)st->npolled, timeout_ms);
   if (n == -1)
     return -errno;
-  /* Keep the ready entries, at the front: callbacks may reorder st->fds. */
-  for (int i = 0; i < npolled && n > 0; i++) {
-    struct pollfd p = st->polled[i];
-    if (p.revents == 0)
-      continue;
-    n--;
-    if (p.revents & POLLNVAL) {
-      /* Closed while watched: epoll forgets such an fd by itself; do the
-       * same instead of reporting it on every iteration. */
-      if (p.fd < st->slot_cap && st->slot[p.fd] >= 0) {
-        loop->io[p.fd].pevents = 0;
-        slot_remove(st, p.fd);
-      }
-      continue;
-    }
-    st->polled[st->nready++] = p;
-  }
+  st->nready = n;
   return 0;
 }
 
@@ -154,8 +145,24 @@ static void poll_dispatch(ul_loop *loop) {
   poll_state *st = loop->backend_data;
   int n = st->nready;
   st->nready = 0;
-  for (int i = 0; i < n; i++) {
+  /* Callbacks may change st->fds, never st->polled. */
+  for (int i = 0; i < st->npolled && n > 0; i++) {
+    int fd = st->polled[i].fd;
     short ev = st->polled[i].revents;
+    if (ev == 0)
+      continue;
+    n--;
+    if (ev & POLLNVAL) {
+      /* Closed while watched: epoll forgets such an fd by itself; do the
+       * same instead of reporting it on every iteration (unless a callback
+       * of this iteration watched the number again). */
+      if (fd < st->slot_cap && st->slot[fd] >= 0 &&
+          fcntl(fd, F_GETFD) == -1) {
+        loop->io[fd].pevents = 0;
+        slot_remove(st, fd);
+      }
+      continue;
+    }
     unsigned revents = 0;
     if (ev & POLLIN)
       revents |= UL_READABLE;
@@ -163,8 +170,9 @@ static void poll_dispatch(ul_loop *loop) {
       revents |= UL_WRITABLE;
     if (ev & (POLLERR | POLLHUP))
       revents |= UL_IO_ERROR;
-    ul__io_dispatch(loop, st->polled[i].fd, revents);
+    ul__io_dispatch(loop, fd, revents);
   }
+  st->npolled = 0;
 }
 
 const ul__backend ul__backend_poll = {
@@ -173,6 +181,7 @@ const ul__backend ul__backend_poll = {
   .destroy = poll_destroy,
   .check_fd = poll_check_fd,
   .update = poll_update,
+  .prepare = poll_prepare,
   .wait = poll_wait,
   .dispatch = poll_dispatch,
 };

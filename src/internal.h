@@ -243,6 +243,12 @@ typedef struct ul__backend {
   int (*check_fd)(ul_loop *loop, int fd);
   /* Registers `events` (0 = unregister) for fd, which had `old` before. */
   int (*update)(ul_loop *loop, int fd, unsigned old, unsigned events);
+  /* Fixes what the next wait reads (may be NULL).  It runs before the
+   * before_poll hook, and dispatch after the after_poll hook: between the
+   * two, wait touches only what prepare fixed, so that a binding that lets
+   * other threads in while the loop waits (Python releases the GIL, and
+   * programs add watchers from other threads) cannot race with it. */
+  int (*prepare)(ul_loop *loop);
   /* Waits up to timeout_ms (-1 forever) and records what is ready. */
   int (*wait)(ul_loop *loop, int timeout_ms);
   /* Calls ul__io_dispatch() for what the last wait recorded. */

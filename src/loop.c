@@ -336,10 +336,14 @@ static void run_ready(ul_loop *loop) {
  * carries: skip the system call.  This is what makes chains of callbacks
  * (tasks, futures, sleep(0)) cheap. */
 static int poll_io(ul_loop *loop, int timeout) {
+  int only_wake_fd = timeout == 0 && loop->io_active <= 1;
+  int err = 0;
+  if (!only_wake_fd && loop->backend->prepare != NULL)
+    err = loop->backend->prepare(loop);
   if (loop->before_poll != NULL)
     loop->before_poll(loop, timeout, loop->poll_hook_arg);
-  int only_wake_fd = timeout == 0 && loop->io_active <= 1;
-  int err = only_wake_fd ? 0 : loop->backend->wait(loop, timeout);
+  if (!only_wake_fd && err == 0)
+    err = loop->backend->wait(loop, timeout);
   if (loop->after_poll != NULL) {
     int r = loop->after_poll(loop, err, loop->poll_hook_arg);
     if (r < 0)
