@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The `make bench` entry point: cbench.py (C: libunixloop vs libuv), then
 pybench.py, udpbench.py and pipebench.py (Python: asyncio vs uvloop vs
-unixloop), then spawnbench.py (spawning, in C and in Python).
+unixloop), then spawnbench.py (spawning, in C and in Python), then
+pgbench.py (asyncpg against a throwaway PostgreSQL).
 
     python3 bench/run.py                  # full: about 10-12 minutes
     python3 bench/run.py --quick          # smoke test: about a minute
@@ -32,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--skip-udp", action="store_true", help="skip udpbench.py")
     ap.add_argument("--skip-pipe", action="store_true", help="skip pipebench.py")
     ap.add_argument("--skip-spawn", action="store_true", help="skip spawnbench.py")
+    ap.add_argument("--skip-pg", action="store_true", help="skip pgbench.py")
     ap.add_argument("rest", nargs="*", help="(after --) arguments for pybench.py")
     args = ap.parse_args(argv)
 
@@ -81,6 +83,14 @@ def main(argv=None):
               flush=True)
         status |= subprocess.call([sys.executable, os.path.join(HERE, "spawnbench.py")]
                                   + spawn_args)
+    if not args.skip_pg:
+        pg_args = list(common)
+        if args.json_dir:
+            pg_args += ["--json", os.path.join(args.json_dir, "pgbench.jsonl")]
+        print("\n== asyncpg: asyncio vs uvloop vs unixloop (pgbench.py %s)"
+              % " ".join(pg_args), flush=True)
+        status |= subprocess.call([sys.executable, os.path.join(HERE, "pgbench.py")]
+                                  + pg_args)
     print("\nbench/run.py: done in %.0f s (python %s)" % (time.time() - t0, sys.executable))
     return 1 if status else 0
 
