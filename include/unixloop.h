@@ -239,7 +239,12 @@ UL_EXTERN int ul_loop_report_error(ul_loop *loop, int err,
  * `after` returns a negative value the iteration ends at once and
  * ul_loop_run / ul_loop_run_once return it; no callbacks run in that
  * iteration.  The Python binding releases the GIL in `before`, takes it back
- * and checks for Python signals in `after`.  Either may be NULL.
+ * and checks for Python signals in `after`.  Between the two the loop only
+ * waits in the kernel and touches none of its own state, so a binding that
+ * serializes every call with one lock released in `before` (the GIL) may
+ * let another thread add or remove fd watchers meanwhile, as asyncio
+ * programs expect; the new watcher counts from the next wait (wake the
+ * loop with ul_loop_wakeup).  Either may be NULL.
  * Errors: -EINVAL (NULL loop), -EBUSY (the loop is running). */
 UL_EXTERN int ul_loop_set_poll_hooks(ul_loop *loop, ul_before_poll_cb before,
                                      ul_after_poll_cb after, void *arg);
