@@ -13,11 +13,12 @@ Fixtures:
               keycert3.pem is 'localhost', signed by pycacert.pem
 
 Helpers (import them from conftest): run_iteration(loop), pattern(n),
-run(loop, main, *args).
+run(loop, main, *args), free_port() (for a server the tests start).
 """
 import asyncio
 import gc
 import os
+import socket
 import ssl
 
 import pytest
@@ -118,6 +119,14 @@ def run(loop, main, *args, timeout=10):
     """Runs main(*args) on loop, bounded so that a hang fails the test (no
     test that uses it needs a tenth of the timeout)."""
     return loop.run_until_complete(asyncio.wait_for(main(*args), timeout))
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 free a moment ago (a server started on it
+    may still lose it to another process: retry)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def run_iteration(loop):

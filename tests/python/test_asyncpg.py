@@ -26,16 +26,10 @@ import pytest
 asyncpg = pytest.importorskip(
     'asyncpg', reason='python3-asyncpg is not installed (make deps installs '
                       'it)')
-from conftest import pattern, run  # noqa: E402
+from conftest import free_port, pattern, run  # noqa: E402
 
 TRANSPORTS = pytest.mark.parametrize('transport', ['tcp', 'unix'])
 USER = 'unixloop'
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def postgres_bindir():

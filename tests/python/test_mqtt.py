@@ -24,13 +24,7 @@ import pytest
 aiomqtt = pytest.importorskip(
     'asyncio_mqtt', reason='python3-asyncio-mqtt is not installed '
                            '(make deps installs it)')
-from conftest import pattern, run  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+from conftest import free_port, pattern, run  # noqa: E402
 
 
 @pytest.fixture(scope='module')

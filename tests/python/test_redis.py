@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 
@@ -23,16 +22,10 @@ redis = pytest.importorskip(
     'redis.asyncio', reason='python3-redis is not installed '
                             '(make deps installs it)')
 from redis.exceptions import TimeoutError as RedisTimeout  # noqa: E402
-from conftest import pattern, run  # noqa: E402
+from conftest import free_port, pattern, run  # noqa: E402
 
 BIG = 4 * 1024 * 1024
 TRANSPORTS = pytest.mark.parametrize('transport', ['tcp', 'unix'])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope='module')
